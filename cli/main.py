@@ -1,0 +1,77 @@
+"""Entry point of the `fileshare` command.
+
+Every failure a user can act on is a ``FileshareError``: printed as one line on stderr, exit code 1.
+``--debug`` shows the traceback instead. Exit codes: 0 success, 1 error, 2 usage error, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from fileshare.errors import FileshareError
+
+from .common import _store
+
+
+class FileshareGroup(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except FileshareError as exc:
+            if ctx.find_root().ensure_object(dict).get("debug"):
+                raise
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(1)
+        except OSError as exc:
+            if ctx.find_root().ensure_object(dict).get("debug"):
+                raise
+            click.echo(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), err=True)
+            ctx.exit(1)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=FileshareGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--repo",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Node repository (blocks, identity, metadata). Env: FILESHARE_REPO.",
+)
+@click.option("--json", "as_json", is_flag=True, default=False, help="Machine-readable output.")
+@click.option("--debug", is_flag=True, default=False, help="Show tracebacks and debug logs.")
+@click.version_option(package_name="fileshare")
+@click.pass_context
+def cli(ctx: click.Context, repo: Path | None, as_json: bool, debug: bool) -> None:
+    """Share and fetch files over a libp2p/IPFS-compatible peer-to-peer network."""
+    _store(ctx, "repo", repo)
+    _store(ctx, "json", as_json)
+    _store(ctx, "debug", debug)
+
+
+def _register() -> None:
+    from . import commands_content, commands_net
+
+    for module in (commands_content, commands_net):
+        for command in module.COMMANDS:
+            cli.add_command(command)
+
+
+def main() -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if "--debug" in sys.argv else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    _register()
+    cli(prog_name="fileshare")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Content addressing: CIDs, multihashes, dag-pb/UnixFS codecs, chunking, DAG building, blocks."""

@@ -1,0 +1,1 @@
+"""fileshare identity: Ed25519 keys, PeerIds."""

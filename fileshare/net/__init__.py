@@ -1,0 +1,1 @@
+"""Networking: multiaddrs, TCP, multistream-select, Noise, yamux, the host."""

@@ -1,0 +1,1 @@
+"""libp2p/IPFS protocols running on host streams: identify, ping, kad, bitswap, pubsub."""

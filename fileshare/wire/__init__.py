@@ -1,0 +1,1 @@
+"""Wire-level building blocks shared by every protocol: varints and protobuf fields."""
