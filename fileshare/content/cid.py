@@ -31,6 +31,7 @@ BLAKE3 = 0x1E
 HASH_NAMES: dict[str, int] = {"blake3": BLAKE3, "sha2-256": SHA2_256}
 CODEC_NAMES: dict[int, str] = {RAW: "raw", DAG_PB: "dag-pb", LIBP2P_KEY: "libp2p-key"}
 DIGEST_SIZES: dict[int, int] = {BLAKE3: 32, SHA2_256: 32}
+MAX_IDENTITY_DIGEST = 128  # UnixFS spec: identity CIDs with a longer digest MUST be rejected
 
 assert multihash.Func.blake3 == BLAKE3 and multihash.Func.sha2_256 == SHA2_256
 
@@ -94,6 +95,8 @@ class CID:
         code, digest = decode_multihash(self.multihash)
         if code in DIGEST_SIZES and len(digest) != DIGEST_SIZES[code]:
             raise DecodeError(f"bad digest length {len(digest)} for hash 0x{code:x}")
+        if code == IDENTITY and len(digest) > MAX_IDENTITY_DIGEST:
+            raise DecodeError(f"identity CID of {len(digest)} bytes exceeds {MAX_IDENTITY_DIGEST}")
 
     # --- binary form ---
     @classmethod
