@@ -14,6 +14,8 @@ MAX_CHUNK_SIZE = 1 * MIB  # largest chunk the importer will produce
 MAX_BLOCK_SIZE = 2 * MIB  # largest block we store, serve or accept (bitswap limit)
 MAX_LINKS_PER_NODE = 8192  # dag-pb links we accept when decoding a node
 MAX_CID_BYTES = 256  # a binary CID longer than this is refused
+MAX_DAG_DEPTH = 64  # levels below a file root the DAG reader follows before refusing
+MAX_HAMT_FANOUT = 1024  # UnixFS HAMT fanout we accept (spec maximum; CVE-2023-23625)
 
 # --- multistream-select ---
 MULTISTREAM_MAX_LINE = 1024  # bytes, including the trailing newline
@@ -30,13 +32,60 @@ YAMUX_MAX_WINDOW = 16 * MIB  # receive window a stream may grow to
 YAMUX_MAX_STREAMS = 1024  # concurrent streams per connection
 YAMUX_MAX_UNACKED_INBOUND = 256  # inbound streams we have not yet acknowledged
 YAMUX_MAX_FRAME_PAYLOAD = 16 * MIB  # a data frame claiming more than this is a protocol error
+YAMUX_WINDOW_GROWTH_RTTS = 2.0  # a window drained in under this many RTTs doubles (auto-tuning)
+YAMUX_MAX_SEND_FRAME = 256 * KIB  # largest data frame we send
+YAMUX_SEND_BUFFER = 1 * MIB  # bytes queued for the transport before stream writers wait
+YAMUX_MAX_CONTROL_BACKLOG = 256 * KIB  # unsent pongs/RSTs/updates: a peer that never reads is cut off
+YAMUX_CLOSE_TIMEOUT = 2.0  # seconds to flush a GoAway before closing the transport
 
 # --- connections ---
 MAX_CONNECTIONS = 512
 DIAL_TIMEOUT = 10.0
+TCP_LISTEN_BACKLOG = 128  # pending TCP connections the kernel queues per listener
+PEERSTORE_MAX_PEERS = 10_000  # peers in the peer store (least recently updated evicted first)
+PEERSTORE_MAX_ADDRS = 32  # addresses kept per peer
+PEERSTORE_MAX_PROTOCOLS = 256  # protocol ids kept per peer
+IDENTIFY_TIMEOUT = 10.0  # seconds for one identify exchange
+PING_TIMEOUT = 10.0  # seconds a ping waits for its echo
+PING_IDLE_TIMEOUT = 60.0  # seconds an inbound ping stream may sit idle
+PING_MAX_PER_STREAM = 1024  # pings we echo on one inbound stream before closing it
+PING_MAX_INBOUND_STREAMS = 2  # concurrent inbound ping streams per peer (ping spec)
 
 # --- protocol messages ---
 IDENTIFY_MAX_MESSAGE = 64 * KIB
 KAD_MAX_MESSAGE = 64 * KIB
 BITSWAP_MAX_MESSAGE = 4 * MIB
 PUBSUB_MAX_MESSAGE = 1 * MIB
+
+# --- identity ---
+MAX_PUBLIC_KEY_BYTES = 2 * KIB  # a PublicKey protobuf longer than this is refused (RSA-8192 fits)
+RSA_MIN_BITS = 2048  # RSA peer keys outside this range are not accepted for signatures
+RSA_MAX_BITS = 8192
+MAX_PEER_ID_TEXT = 256  # characters in a text PeerId
+
+# --- kademlia DHT (/ipfs/kad/1.0.0) ---
+KAD_K = 20  # bucket size, replication factor, peers per FIND_NODE answer
+KAD_ALPHA = 3  # concurrent requests per lookup (per disjoint path)
+KAD_MAX_KEY = 80  # bytes in a message/record key (IPFS kad-dht spec)
+KAD_MAX_PEER_ID = 128  # bytes in a Peer.id
+KAD_MAX_ADDRS_PER_PEER = 32  # multiaddrs we accept per Peer entry
+KAD_MAX_ADDR_BYTES = 512  # bytes in one binary multiaddr
+KAD_MAX_CLOSER_PEERS = 64  # closerPeers per message (we send KAD_K)
+KAD_MAX_PROVIDER_PEERS = 128  # providerPeers per message
+KAD_MAX_PROVIDERS_RETURNED = 20  # providers we put in one GET_PROVIDERS answer
+KAD_MAX_RECORD_VALUE = 16 * KIB  # bytes in a PUT_VALUE record value
+KAD_MAX_TIME_RECEIVED = 64  # characters in Record.timeReceived
+KAD_RPC_TIMEOUT = 10.0  # seconds a lookup waits for one peer's answer
+KAD_PROVIDER_TTL = 48 * 3600.0  # provider records expire after 48 h
+KAD_PROVIDER_REPUBLISH = 22 * 3600.0  # providers re-announce every 22 h
+KAD_PROVIDER_ADDR_TTL = 24 * 3600.0  # provider multiaddrs are served for 24 h
+KAD_MAX_PROVIDERS_PER_KEY = 64  # new providers beyond this are refused
+KAD_MAX_PROVIDER_RECORDS = 100_000  # provider records stored in total
+KAD_RECORD_TTL = 36 * 3600.0  # PUT_VALUE records expire after 36 h
+KAD_MAX_RECORDS = 10_000  # PUT_VALUE records stored in total
+KAD_REFRESH_INTERVAL = 600.0  # seconds between refreshes of a bucket
+KAD_MAX_REFRESH_CPL = 15  # deepest bucket refreshed by a random-key lookup
+KAD_LIVENESS_GRACE = 60.0  # an old peer seen this recently is kept without a ping
+KAD_IP_GROUP_PER_BUCKET = 2  # peers from one IPv4 /16 (IPv6 /32) per bucket
+KAD_IP_GROUP_PER_TABLE = 3  # peers from one IPv4 /16 (IPv6 /32) per routing table
+KAD_LOOKUP_MAX_PEERS = 2000  # candidates one lookup tracks
