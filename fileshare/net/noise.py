@@ -181,13 +181,26 @@ class SecureStream(trio.abc.HalfCloseableStream):
             self._recv_busy = False
 
     def _take_pending(self, max_bytes: int | None) -> bytes:
-        first = self._pending[0]
+        pending = self._pending
+        first = pending[0]
         start = self._pending_pos
         avail = len(first) - start
-        if max_bytes is None or max_bytes >= avail:
-            self._pending.popleft()
+        limit = _RECV_SIZE if max_bytes is None else max_bytes
+        if limit >= avail:
+            pending.popleft()
             self._pending_pos = 0
-            return first if start == 0 else first[start:]
+            head = first if start == 0 else first[start:]
+            if not pending or limit < avail + len(pending[0]):
+                return head
+            # Several whole frames are waiting: hand them over in one piece, so the layer above
+            # (yamux) pays its per-read cost once per batch instead of once per 64 KiB frame.
+            parts = [head]
+            size = avail
+            while pending and size + len(pending[0]) <= limit:
+                frame = pending.popleft()
+                parts.append(frame)
+                size += len(frame)
+            return b"".join(parts)
         self._pending_pos = start + max_bytes
         return first[start : start + max_bytes]
 
