@@ -201,8 +201,8 @@ class SecureStream(trio.abc.HalfCloseableStream):
                 parts.append(frame)
                 size += len(frame)
             return b"".join(parts)
-        self._pending_pos = start + max_bytes
-        return first[start : start + max_bytes]
+        self._pending_pos = start + limit
+        return first[start : start + limit]
 
     async def _fill(self) -> None:
         want = _RECV_SIZE
