@@ -80,6 +80,10 @@ class DagBuilder:
         Empty leaves are not linked (as in the reference importer); an empty file comes out of
         ``finish()``.
         """
+        return self.add_leaf_ref(block.cid, len(block.data), data_size)
+
+    def add_leaf_ref(self, cid: CID, block_size: int, data_size: int) -> list[Block]:
+        """Like ``add_leaf`` for a leaf already stored elsewhere: only its CID and sizes are needed."""
         if self._finished:
             raise RuntimeError("DagBuilder.finish() was already called")
         if data_size == 0:
@@ -91,7 +95,7 @@ class DagBuilder:
         self.size += data_size
         self.leaves += 1
         level = self._levels[0]
-        level.append((block.cid, len(block.data), data_size))
+        level.append((cid, block_size, data_size))
         if len(level) < self.layout.max_links:
             return []
         return self._carry()
