@@ -88,7 +88,7 @@ KAD_MAX_REFRESH_CPL = 15  # deepest bucket refreshed by a random-key lookup
 KAD_LIVENESS_GRACE = 60.0  # an old peer seen this recently is kept without a ping
 KAD_IP_GROUP_PER_BUCKET = 2  # peers from one IPv4 /16 (IPv6 /32) per bucket
 KAD_IP_GROUP_PER_TABLE = 3  # peers from one IPv4 /16 (IPv6 /32) per routing table
-KAD_LOOKUP_MAX_PEERS = 2000  # candidates one lookup tracks
+KAD_LOOKUP_MAX_PEERS = 2000  # candidates one lookup tracks (beyond those already queried)
 
 # --- bitswap (/ipfs/bitswap/1.2.0) ---
 BITSWAP_MAX_WANTLIST_ENTRIES = 8192  # wantlist entries in one received message
@@ -145,3 +145,12 @@ PUBSUB_OPPORTUNISTIC_GRAFT_TICKS = 60  # heartbeats between opportunistic-graft 
 PUBSUB_OPPORTUNISTIC_GRAFT_PEERS = 2
 PUBSUB_SCORE_RETAIN = 600.0  # seconds a disconnected peer's (non-positive) score is remembered
 PUBSUB_MAX_PENDING_PROMISES = 10_000  # IWANT follow-ups tracked (oldest dropped first)
+PUBSUB_PEER_QUEUE_FRAMES = 1024  # RPC frames queued for one peer's outbound stream; more are dropped
+PUBSUB_PEER_QUEUE_BYTES = 16 * MIB  # bytes queued for one peer's outbound stream; more are dropped
+PUBSUB_SUBSCRIBER_BUFFER = 1024  # delivered messages buffered per local subscription; more are dropped
+PUBSUB_PX_DIALS = 8  # concurrent best-effort dials of peer-exchange candidates
+PUBSUB_PX_DIAL_TIMEOUT = 10.0  # seconds one peer-exchange dial may take
+ANNOUNCE_MAX_BYTES = 8 * KIB  # encoded share announcement document
+ANNOUNCE_MAX_NAME = 255  # UTF-8 bytes in an announced file name
+ANNOUNCE_MAX_ADDRS = 16  # sharer addresses in one announcement
+ANNOUNCE_MAX_ADDR_LENGTH = 256  # characters in one announced multiaddr
