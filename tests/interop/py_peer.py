@@ -15,6 +15,7 @@ commands exist and whether "/fileshare/echo/1.0.0" is served. New protocols are 
 from __future__ import annotations
 
 import argparse
+import base64
 import hashlib
 import json
 import logging
@@ -22,7 +23,8 @@ import os
 import sys
 import time
 from array import array
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -272,13 +274,99 @@ class Service:
 
     commands: dict[str, Command]
     setup: Callable[[Peer], None] | None = None
+    # Optional: an async context manager run around the command loop (background services).
+    run: Callable[[Peer], AbstractAsyncContextManager[None]] | None = None
 
 
 def _setup_echo(peer: Peer) -> None:
     peer.host.set_stream_handler(ECHO_PROTOCOL, echo_handler(peer))
 
 
+# -- gossipsub (py-libp2p Pubsub + GossipSub, StrictSign, 0.2 s heartbeat) ----------------------
+
+
+@dataclass
+class _Gossip:
+    pubsub: Any = None
+    nursery: Any = None
+    received: list[Json] = field(default_factory=list)
+
+
+_GOSSIP = _Gossip()
+
+
+@asynccontextmanager
+async def _run_gossipsub(peer: Peer) -> AsyncIterator[None]:
+    from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
+    from libp2p.pubsub.pubsub import Pubsub
+    from libp2p.tools.anyio_service import background_trio_service
+
+    router = GossipSub(
+        protocols=[PROTOCOL_ID_V12, PROTOCOL_ID_V11, PROTOCOL_ID],
+        degree=6,
+        degree_low=4,
+        degree_high=12,
+        heartbeat_interval=0.2,  # type: ignore[arg-type]  # default is 120 s
+    )
+    pubsub = Pubsub(peer.host, router, strict_signing=True)
+    async with background_trio_service(pubsub), background_trio_service(router):
+        await pubsub.wait_until_ready()
+        async with trio.open_nursery() as nursery:
+            _GOSSIP.pubsub, _GOSSIP.nursery = pubsub, nursery
+            yield
+            nursery.cancel_scope.cancel()
+
+
+async def _collect(sub: Any) -> None:
+    async for msg in sub:
+        _GOSSIP.received.append(
+            {
+                "topic": next(iter(msg.topicIDs)) if msg.topicIDs else None,
+                "data_b64": base64.b64encode(msg.data).decode(),
+                "from": str(PeerID(msg.from_id)),
+                "seqno": int.from_bytes(msg.seqno, "big"),
+                "received_ms": int(time.time() * 1000),
+            }
+        )
+
+
+async def cmd_subscribe(peer: Peer, c: Json) -> Json:
+    """{"cmd":"subscribe","topic":T} -> {}"""
+    sub = await _GOSSIP.pubsub.subscribe(c["topic"])
+    _GOSSIP.nursery.start_soon(_collect, sub)
+    return {}
+
+
+async def cmd_publish(peer: Peer, c: Json) -> Json:
+    """{"cmd":"publish","topic":T,"data_b64":B} -> {}"""
+    await _GOSSIP.pubsub.publish(c["topic"], base64.b64decode(c["data_b64"]))
+    return {}
+
+
+async def cmd_received(peer: Peer, c: Json) -> Json:
+    """{"cmd":"received"[,"topic":T]} -> {"messages": [...]}"""
+    topic = c.get("topic")
+    return {"messages": [m for m in _GOSSIP.received if topic is None or m["topic"] == topic]}
+
+
+async def cmd_topic_peers(peer: Peer, c: Json) -> Json:
+    """{"cmd":"topic_peers","topic":T} -> {"subscribers": [...], "mesh": [...]}"""
+    pubsub = _GOSSIP.pubsub
+    subs = pubsub.peer_topics.get(c["topic"], set())
+    mesh = pubsub.router.mesh.get(c["topic"], set())
+    return {"subscribers": sorted(str(p) for p in subs), "mesh": sorted(str(p) for p in mesh)}
+
+
 SERVICES: dict[str, Service] = {
+    "gossipsub": Service(
+        commands={
+            "subscribe": cmd_subscribe,
+            "publish": cmd_publish,
+            "received": cmd_received,
+            "topic_peers": cmd_topic_peers,
+        },
+        run=_run_gossipsub,
+    ),
     "identify": Service(commands={"identify": cmd_identify}),
     "ping": Service(commands={"ping": cmd_ping}),
     "echo": Service(commands={"echo": cmd_echo, "served": cmd_served}, setup=_setup_echo),
@@ -352,7 +440,14 @@ async def main(args: argparse.Namespace) -> None:
         commands.update(service.commands)
         if service.setup is not None:
             service.setup(peer)
-    async with host.run(listen_addrs=[multiaddr.Multiaddr(a) for a in args.listen]):
+    async with (
+        host.run(listen_addrs=[multiaddr.Multiaddr(a) for a in args.listen]),
+        AsyncExitStack() as stack,
+    ):
+        for name in peer.services:
+            run = SERVICES[name].run
+            if run is not None:
+                await stack.enter_async_context(run(peer))
         for addr in args.dial:
             with trio.fail_after(DEFAULT_TIMEOUT_MS / 1000):
                 await peer.connect(addr)

@@ -7,10 +7,12 @@ import { identify } from '@libp2p/identify'
 import { ping } from '@libp2p/ping'
 import { multiaddr } from '@multiformats/multiaddr'
 import { ECHO_PROTOCOL, echoClient, echoHandler, served } from './echo.mjs'
+import { gossipsubService } from './gossipsub.mjs'
 
 export const DEFAULT_SERVICES = ['identify', 'ping', 'echo']
 
 export const SERVICES = {
+  gossipsub: gossipsubService, // subscribe, publish, received, topic_peers (lib/gossipsub.mjs)
   identify: {
     libp2pServices: () => ({ identify: identify() }),
     commands: {

@@ -1,12 +1,14 @@
-"""Interop between our host and js-libp2p 3.3.11 on Node (real processes on 127.0.0.1, Noise + yamux).
+"""Interop between our host and real peers we did not write, on 127.0.0.1 over Noise + yamux:
+py-libp2p 0.8.1 and js-libp2p 3.3.11 on Node.
 
-Each check runs over a connection dialled by them and over one dialled by us. The reference test at
-the end runs the js peer against the py peer, without our code: if it passes and ours fails, the
-fault is ours.
+Every check runs against both implementations, over a connection dialled by them and over one
+dialled by us. The reference test at the end runs the js peer against the py peer, without our
+code: if it passes and ours fails, the fault is ours.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -28,36 +30,49 @@ from .conftest import (
 pytestmark = pytest.mark.interop
 
 SIZE = 10 * 1024 * 1024
-AGENT_PREFIX = "js-libp2p/"
+
+
+@dataclass
+class Remote:
+    start: PeerFactory
+    agent_prefix: str
+
+
+@pytest.fixture(params=["py-libp2p", "js-libp2p"])
+def remote(request: pytest.FixtureRequest) -> Remote:
+    factory: PeerFactory = request.getfixturevalue(
+        "py_peer" if request.param == "py-libp2p" else "js_peer"
+    )
+    return Remote(factory, f"{request.param}/")
 
 
 @pytest.mark.parametrize("dialer", DIALERS)
-async def test_ping_both_ways(our_node: OurNode, js_peer: PeerFactory, dialer: str) -> None:
-    peer = await js_peer()
+async def test_ping_both_ways(our_node: OurNode, remote: Remote, dialer: str) -> None:
+    peer = await remote.start()
     await connect(our_node, peer, dialer)
     await check_ping_both_ways(our_node, peer)
     assert_one_connection(our_node, peer, dialer)
 
 
 @pytest.mark.parametrize("dialer", DIALERS)
-async def test_identify_both_ways(our_node: OurNode, js_peer: PeerFactory, dialer: str) -> None:
-    peer = await js_peer()
+async def test_identify_both_ways(our_node: OurNode, remote: Remote, dialer: str) -> None:
+    peer = await remote.start()
     await connect(our_node, peer, dialer)
-    await check_identify_both_ways(our_node, peer, AGENT_PREFIX)
+    await check_identify_both_ways(our_node, peer, remote.agent_prefix)
     assert_one_connection(our_node, peer, dialer)
 
 
 @pytest.mark.parametrize("dialer", DIALERS)
-async def test_echo_10mib_both_ways(our_node: OurNode, js_peer: PeerFactory, dialer: str) -> None:
-    peer = await js_peer()
+async def test_echo_10mib_both_ways(our_node: OurNode, remote: Remote, dialer: str) -> None:
+    peer = await remote.start()
     await connect(our_node, peer, dialer)
     await check_echo_both_ways(our_node, peer, SIZE)
     assert_one_connection(our_node, peer, dialer)
 
 
-async def test_they_dial_us_at_startup(our_node: OurNode, js_peer: PeerFactory) -> None:
+async def test_they_dial_us_at_startup(our_node: OurNode, remote: Remote) -> None:
     """``--dial`` at start-up: the ready line means the Noise + yamux connection to us is up."""
-    peer = await js_peer(dial=[our_node.addr])
+    peer = await remote.start(dial=[our_node.addr])
     conn = await our_node.wait_connected(peer.peer_id)
     assert conn.direction == "inbound"
     reply = await peer.command("peers")
@@ -65,28 +80,28 @@ async def test_they_dial_us_at_startup(our_node: OurNode, js_peer: PeerFactory) 
     await check_ping_both_ways(our_node, peer)
 
 
-async def test_cli_ping(js_peer: PeerFactory, tmp_path: Path) -> None:
-    peer = await js_peer()
+async def test_cli_ping(remote: Remote, tmp_path: Path) -> None:
+    peer = await remote.start()
     result = await run_cli(["ping", peer.addr, "--count", "3"], tmp_path / "repo")
     assert result.returncode == 0, result
     assert peer.peer_id in result.stdout, result
 
 
-async def test_cli_ping_wrong_peer_id_fails(js_peer: PeerFactory, tmp_path: Path) -> None:
+async def test_cli_ping_wrong_peer_id_fails(remote: Remote, tmp_path: Path) -> None:
     """Their address with somebody else's PeerId: the Noise handshake proves the mismatch."""
-    peer = await js_peer()
-    other = await js_peer()
+    peer = await remote.start()
+    other = await remote.start()
     wrong = f"{peer.addr.split('/p2p/')[0]}/p2p/{other.peer_id}"
     result = await run_cli(["ping", wrong, "--count", "1"], tmp_path / "repo")
     assert result.returncode == 1, result
     assert result.stderr.strip(), result
 
 
-async def test_daemon_process_serves_js_peer(
-    fileshare_daemon: DaemonFactory, js_peer: PeerFactory, tmp_path: Path
+async def test_daemon_process_serves_remote_peer(
+    fileshare_daemon: DaemonFactory, remote: Remote, tmp_path: Path
 ) -> None:
     daemon = await fileshare_daemon(tmp_path / "repo")
-    peer = await js_peer()
+    peer = await remote.start()
     await peer.command("ping", addr=daemon.addr, count=2)
     seen = await peer.command("identify", addr=daemon.addr)
     assert str(seen["agent"]).startswith("fileshare/")
