@@ -39,10 +39,10 @@ class Remote:
 
 
 @pytest.fixture(params=["py-libp2p", "js-libp2p"])
-def remote(request: pytest.FixtureRequest) -> Remote:
-    factory: PeerFactory = request.getfixturevalue(
-        "py_peer" if request.param == "py-libp2p" else "js_peer"
-    )
+def remote(request: pytest.FixtureRequest, py_peer: PeerFactory, js_peer: PeerFactory) -> Remote:
+    # both factories are requested (pytest-trio cannot resolve async fixtures lazily); a factory
+    # starts nothing until it is called
+    factory = py_peer if request.param == "py-libp2p" else js_peer
     return Remote(factory, f"{request.param}/")
 
 
