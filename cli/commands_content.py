@@ -1,24 +1,38 @@
-"""Content commands: add, share, fetch, ls, verify, gc, pin, unpin (local store only for now)."""
+"""Content commands: add, share, fetch, ls, verify, gc, pin, unpin.
+
+`share` imports a file and serves it (bitswap) until interrupted; `fetch` writes a file from the
+store, fetching what is missing from peers first (``fileshare.fetch``).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import click
 import trio
+from multiaddr import Multiaddr
 
 from fileshare.content.cid import CID, HASH_NAMES
-from fileshare.content.ingest import ExportResult, ImportResult, export_file, import_file
+from fileshare.content.ingest import ImportResult, import_file
 from fileshare.content.layout import DEFAULT_PROFILE, PROFILES, Layout, make_layout
-from fileshare.content.reader import GetBlock, decode_block
+from fileshare.content.reader import decode_block
 from fileshare.errors import DecodeError, NotFound, VerificationError
+from fileshare.fetch import DEFAULT_STALL_TIMEOUT, FetchProgress, FetchResult
+from fileshare.limits import MIB
+from fileshare.net import addrs
+from fileshare.node import open_node, read_daemon_addrs
 from fileshare.repo import Pin, Repo
 
+from .commands_net import MULTIADDR, _listen_defaults
 from .common import common_options, emit, is_terminal, options
+
+log = logging.getLogger("fileshare.cli")
 
 ProgressFn = Callable[[int, int], None]
 
@@ -148,24 +162,144 @@ def add(file: Path, hash_name: str, profile: str, chunk_size: str | None) -> Non
 @click.command("share")
 @click.argument("file", type=click.Path(path_type=Path, dir_okay=True))
 @layout_option
+@click.option(
+    "--listen",
+    "listen",
+    multiple=True,
+    type=MULTIADDR,
+    help="Listen multiaddr (repeatable). Default: the daemon's (/ip4/0.0.0.0/tcp/4001, ...).",
+)
+@click.option(
+    "--peer", "peers", multiple=True, type=MULTIADDR, help="Peer multiaddr to dial (repeatable)."
+)
+@click.option(
+    "--max-rate",
+    default=None,
+    metavar="RATE",
+    help="Cap on the bytes per second we send (e.g. 10MiB). Default: no cap.",
+)
 @common_options
-def share(file: Path, hash_name: str, profile: str, chunk_size: str | None) -> None:
-    """Import FILE and mark it shared (for now the same as `add`; serving comes with the network)."""
-    _run_add(file, hash_name, profile, chunk_size, shared=True)
+def share(
+    file: Path,
+    hash_name: str,
+    profile: str,
+    chunk_size: str | None,
+    listen: tuple[Multiaddr, ...],
+    peers: tuple[Multiaddr, ...],
+    max_rate: str | None,
+) -> None:
+    """Import FILE and serve it until SIGINT/SIGTERM: prints the root CID, then our addresses.
+
+    When a daemon runs on this repository it serves the file: share prints the CID (and the
+    daemon's addresses) and returns.
+    """
+    layout = build_layout(hash_name, profile, chunk_size)
+    try:
+        rate = parse_size(max_rate) if max_rate is not None else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--max-rate'") from None
+    for addr in listen:
+        if not addrs.is_tcp(addr) or addrs.split_peer(addr)[1] is not None:
+            raise click.BadParameter(
+                f"{addr}: expected /ip4|ip6/<host>/tcp/<port>", param_hint="--listen"
+            )
+    daemon_addrs = read_daemon_addrs(options().repo)
+    if daemon_addrs is not None:
+        _run_add(file, hash_name, profile, chunk_size, shared=True)
+        for text in daemon_addrs:
+            emit({"addr": text}, text)
+        return
+    trio.run(_run_share, file, layout, listen, peers, rate)
 
 
-def block_source(repo: Repo) -> GetBlock | None:
-    """Where `fetch` gets blocks from: None means the local store. The network fetcher plugs in here."""
-    return None
+async def _run_share(
+    file: Path,
+    layout: Layout,
+    listen: tuple[Multiaddr, ...],
+    peers: tuple[Multiaddr, ...],
+    rate: int | None,
+) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with open_node(options().repo) as node:
+            node.bitswap.send_rate = rate or None
+            if listen:
+                await node.host.listen(listen)
+            else:
+                await _listen_defaults(node)
+            with progress_bar(f"adding {file.name}") as progress:
+                result = await node.share(file, layout, progress=progress)
+            emit(
+                {
+                    "cid": str(result.root),
+                    "name": file.name,
+                    "size": result.size,
+                    "blocks": result.block_count,
+                },
+                str(result.root),
+            )
+            for addr in node.full_addrs():
+                emit({"addr": str(addr)}, str(addr))
+            node.write_daemon_info()
+            try:
+                for peer in peers:
+                    node.nursery.start_soon(node.connect, peer)
+                async for signum in signals:
+                    log.info("received %s, shutting down", signal.Signals(signum).name)
+                    break
+            finally:
+                node.remove_daemon_info()
 
 
 async def fetch_file(
-    repo: Repo, root: CID, out: Path, progress: ProgressFn | None = None
-) -> ExportResult:
-    source = block_source(repo)
-    if source is None and not await repo.blocks.has(root):
-        raise NotFound(f"{root} is not in the local store (network fetch is not available yet)")
-    return await export_file(repo, root, out, progress, source=source)
+    root: CID,
+    out: Path,
+    peers: tuple[Multiaddr, ...] = (),
+    stall_timeout: float = DEFAULT_STALL_TIMEOUT,
+    on_progress: Callable[[FetchProgress], None] | None = None,
+) -> FetchResult:
+    """Fetch ``root`` into ``out``: from the store, else from the given and connected peers."""
+    async with open_node(options().repo) as node:
+        return await node.fetch(
+            root, out, peers=peers, on_progress=on_progress, stall_timeout=stall_timeout
+        )
+
+
+@contextlib.contextmanager
+def fetch_progress(description: str) -> Iterator[Callable[[FetchProgress], None] | None]:
+    """Fetch progress: a rich bar on a terminal (stderr), JSON lines with --json, else nothing."""
+    if options().json:
+
+        def as_json(p: FetchProgress) -> None:
+            emit({"event": "progress", **p.to_json()})
+
+        yield as_json
+        return
+    if not is_terminal():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+
+    bar = Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(binary_units=True),
+        TextColumn("{task.fields[stats]}"),
+        console=Console(stderr=True),
+        transient=True,
+    )
+    task = bar.add_task(description, total=None, stats="")
+
+    def update(p: FetchProgress) -> None:
+        eta = "--" if p.eta is None else f"{int(p.eta) // 60}:{int(p.eta) % 60:02d}"
+        stats = (
+            f"{p.blocks_done}/{p.blocks_known} blocks  {p.rate / MIB:.1f} MiB/s  "
+            f"ETA {eta}  {p.peers} peer{'' if p.peers == 1 else 's'}"
+        )
+        bar.update(task, completed=p.file_bytes_done, total=p.file_size, stats=stats)
+
+    with bar:
+        yield update
 
 
 @click.command("fetch")
@@ -177,14 +311,30 @@ async def fetch_file(
     default=None,
     help="File to write (default: ./<CID>). Written to a temporary file, then renamed.",
 )
+@click.option(
+    "--peer",
+    "peers",
+    multiple=True,
+    type=MULTIADDR,
+    help="Multiaddr of a peer that has the file (repeatable).",
+)
+@click.option(
+    "--stall-timeout",
+    default=DEFAULT_STALL_TIMEOUT,
+    show_default=True,
+    type=click.FloatRange(0.1, 86400),
+    help="Give up after this many seconds without receiving a block.",
+)
 @common_options
-def fetch(cid: str, output: Path | None) -> None:
-    """Write the file with root CID to a path, verifying every block."""
+def fetch(
+    cid: str, output: Path | None, peers: tuple[Multiaddr, ...], stall_timeout: float
+) -> None:
+    """Write the file with root CID, fetching missing blocks from peers; verifies every block."""
     root = parse_cid(cid)
     out = output if output is not None else Path(str(root))
-    with open_repo() as repo, progress_bar(f"fetching {out.name}") as progress:
-        result = trio.run(fetch_file, repo, root, out, progress)
-    emit({"cid": str(root), "path": str(result.path), "size": result.size}, str(result.path))
+    with fetch_progress(f"fetching {out.name}") as progress:
+        result = trio.run(fetch_file, root, out, peers, stall_timeout, progress)
+    emit({"cid": str(root), **result.to_json(), "path": str(out)}, str(out))
 
 
 @click.command("ls")

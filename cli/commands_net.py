@@ -1,4 +1,4 @@
-"""Network commands: daemon, id, ping (and later peers, providers)."""
+"""Network commands: daemon, id, ping, providers, peers, watch."""
 
 from __future__ import annotations
 
@@ -6,13 +6,16 @@ import base64
 import logging
 import signal
 import statistics
+from contextlib import aclosing
+from pathlib import Path
 from typing import Any
 
 import click
 import trio
 from multiaddr import Multiaddr
 
-from fileshare.errors import DecodeError, FileshareError, ProtocolError
+from fileshare.content.cid import CID
+from fileshare.errors import DecodeError, FileshareError, NotFound, ProtocolError
 from fileshare.identity.keys import PrivateKey
 from fileshare.identity.peerid import PeerId
 from fileshare.net import addrs
@@ -20,7 +23,18 @@ from fileshare.net.host import open_host
 from fileshare.net.tcp import ListenError
 from fileshare.node import Node, load_identity, open_node, read_daemon_addrs
 from fileshare.protocols.identify import IdentifyService
+from fileshare.protocols.kad.persist import unpack_addrs
+from fileshare.protocols.kad.service import KadService
 from fileshare.protocols.ping import PingService, open_ping
+from fileshare.protocols.pubsub.announce import (
+    ANNOUNCE_TOPIC,
+    Announcement,
+    announce_share,
+    received_announcement,
+    subscribe_announcements,
+    validate_announcement,
+)
+from fileshare.repo import Repo
 
 from .common import common_options, emit, options
 
@@ -63,16 +77,23 @@ async def _listen_defaults(node: Node) -> None:
             raise
 
 
-async def _run_daemon(listen: tuple[Multiaddr, ...], peers: tuple[Multiaddr, ...]) -> None:
+async def _run_daemon(
+    listen: tuple[Multiaddr, ...], peers: tuple[Multiaddr, ...], dht: str = "server"
+) -> None:
     opts = options()
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with open_node(opts.repo) as node:
+        async with open_node(opts.repo, dht_mode="client" if dht == "client" else "server") as node:
+            for pin in node.repo.pins():
+                if pin.shared:
+                    node.kad.start_providing(pin.cid)  # in the DHT, every 22 h
             if listen:
                 await node.host.listen(listen)
             else:
                 await _listen_defaults(node)
             for addr in node.full_addrs():
                 emit({"addr": str(addr)}, str(addr))
+            node.pubsub.set_validator(ANNOUNCE_TOPIC, validate_announcement)
+            node.pubsub.relay(ANNOUNCE_TOPIC)  # forward share announcements
             node.write_daemon_info()
             try:
                 for peer in peers:
@@ -97,17 +118,27 @@ async def _run_daemon(listen: tuple[Multiaddr, ...], peers: tuple[Multiaddr, ...
     "peers",
     multiple=True,
     type=MULTIADDR,
-    help="Peer multiaddr to dial at start (repeatable).",
+    help="Peer multiaddr to dial at start (repeatable); also a DHT bootstrap peer.",
+)
+@click.option(
+    "--dht",
+    type=click.Choice(["server", "client"]),
+    default="server",
+    show_default=True,
+    help="DHT mode: a server answers other peers' DHT queries; a client only asks.",
 )
 @common_options
-def daemon(listen: tuple[Multiaddr, ...], peers: tuple[Multiaddr, ...]) -> None:
-    """Run a node until SIGINT/SIGTERM; prints one full multiaddr per line once listening."""
+def daemon(listen: tuple[Multiaddr, ...], peers: tuple[Multiaddr, ...], dht: str) -> None:
+    """Run a node until SIGINT/SIGTERM; prints one full multiaddr per line once listening.
+
+    It serves its blocks (bitswap), DHT queries (unless --dht client) and provides the files
+    shared in this repository in the DHT."""
     for addr in listen:
         if not addrs.is_tcp(addr) or addrs.split_peer(addr)[1] is not None:
             raise click.BadParameter(
                 f"{addr}: expected /ip4|ip6/<host>/tcp/<port>", param_hint="--listen"
             )
-    trio.run(_run_daemon, listen, peers)
+    trio.run(_run_daemon, listen, peers, dht)
 
 
 # --- id ----------------------------------------------------------------------------------------
@@ -198,4 +229,278 @@ def ping_command(address: Multiaddr, count: int, interval: float) -> None:
     trio.run(_run_ping, address, count, interval)
 
 
-COMMANDS: list[click.Command] = [daemon, id_command, ping_command]
+# --- watch / share announcements ----------------------------------------------------------------
+
+WATCH_PARALLEL_FETCHES = 2  # announced files fetched at once by `watch --fetch-into`
+
+
+async def _fetch_announced(
+    node: Node, ann: Announcement, into: Path, limiter: trio.CapacityLimiter
+) -> None:
+    """Fetch one announced file into ``into`` (never overwriting); prints the outcome."""
+    target = into / ann.name  # the name was validated: no separators, not "." or ".."
+    if target.parent != into or target.exists():
+        emit({"fetch_skipped": str(ann.cid), "path": str(target), "reason": "exists"})
+        return
+    peers = [a for a in ann.addrs if addrs.split_peer(a)[1] is not None]
+    async with limiter:
+        try:
+            result = await node.fetch(ann.cid, target, peers=peers)
+        except FileshareError as exc:
+            emit(
+                {"fetch_error": str(ann.cid), "name": ann.name, "error": str(exc)},
+                f"could not fetch {ann.name} ({ann.cid}): {exc}",
+            )
+            return
+    emit(
+        {"fetched": str(ann.cid), "path": str(target), "size": result.size},
+        f"fetched {ann.name} -> {target}",
+    )
+
+
+async def _run_watch(
+    topic: str,
+    listen: tuple[Multiaddr, ...],
+    peers: tuple[Multiaddr, ...],
+    fetch_into: Path | None,
+) -> None:
+    opts = options()
+    fetched: set[CID] = set()
+    limiter = trio.CapacityLimiter(WATCH_PARALLEL_FETCHES)
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with open_node(opts.repo, listen=listen, peers=peers) as node:
+            messages = subscribe_announcements(node.pubsub, topic)
+            for addr in node.full_addrs():
+                emit({"addr": str(addr)}, str(addr))
+            async with trio.open_nursery() as nursery:
+
+                async def stop_on_signal() -> None:
+                    async for signum in signals:
+                        log.info("received %s, shutting down", signal.Signals(signum).name)
+                        break
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(stop_on_signal)
+                async for delivered in messages:
+                    try:
+                        ann = received_announcement(delivered)
+                    except DecodeError as exc:  # the validator already checked; be safe
+                        log.warning("skipping announcement from %s: %s", delivered.author, exc)
+                        continue
+                    data = {
+                        **ann.to_json(),
+                        "topic": delivered.topic,
+                        "msg_id": delivered.msg_id.hex(),
+                        "received_from": str(delivered.received_from),
+                    }
+                    emit(data, f"{ann.name}\t{ann.size}\t{ann.cid}\tfrom {ann.author}")
+                    if fetch_into is not None and ann.cid not in fetched:
+                        fetched.add(ann.cid)
+                        nursery.start_soon(_fetch_announced, node, ann, fetch_into, limiter)
+            if opts.json:
+                stats = node.pubsub.router.stats + node.pubsub.stats
+                emit({"stats": dict(sorted(stats.items()))})
+
+
+@click.command("watch")
+@click.option("--topic", default=ANNOUNCE_TOPIC, show_default=True, help="Announcement topic.")
+@click.option(
+    "--peer", "peers", multiple=True, type=MULTIADDR, help="Peer multiaddr to dial (repeatable)."
+)
+@click.option(
+    "--listen", "listen", multiple=True, type=MULTIADDR, help="Listen multiaddr (repeatable)."
+)
+@click.option(
+    "--fetch-into",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Fetch every announced file into this directory (existing files are kept).",
+)
+@common_options
+def watch_command(
+    topic: str,
+    peers: tuple[Multiaddr, ...],
+    listen: tuple[Multiaddr, ...],
+    fetch_into: Path | None,
+) -> None:
+    """Print share announcements as they arrive (one JSON object per line with --json).
+
+    Listen addresses, if any, are printed first. Stops on SIGINT/SIGTERM.
+    """
+    if fetch_into is not None:
+        fetch_into.mkdir(parents=True, exist_ok=True)
+        fetch_into = fetch_into.resolve()
+    trio.run(_run_watch, topic, listen, peers, fetch_into)
+
+
+async def _run_announce(
+    cid: CID,
+    name: str,
+    size: int,
+    hash_name: str,
+    topic: str,
+    listen: tuple[Multiaddr, ...],
+    peers: tuple[Multiaddr, ...],
+    wait_peers: int,
+    linger: float,
+) -> None:
+    opts = options()
+    async with open_node(opts.repo, listen=listen, peers=peers) as node:
+        node.pubsub.set_validator(topic, validate_announcement)
+        if not await node.pubsub.wait_for_topic_peers(topic, wait_peers, 20.0):
+            raise FileshareError(f"fewer than {wait_peers} peers on {topic} after 20 s")
+        msg_id = await announce_share(
+            node, cid, name, size, hash_name, topic=topic, wait_for_peers=0
+        )
+        emit({"msg_id": msg_id.hex(), "peers": len(node.pubsub.topic_peers(topic))}, msg_id.hex())
+        await trio.sleep(linger)  # serve IWANTs for a while
+
+
+@click.command("pubsub-announce", hidden=True)
+@click.option("--cid", "cid_text", required=True)
+@click.option("--name", required=True)
+@click.option("--size", type=click.IntRange(0), required=True)
+@click.option("--hash", "hash_name", default="blake3", show_default=True)
+@click.option("--topic", default=ANNOUNCE_TOPIC, show_default=True)
+@click.option("--peer", "peers", multiple=True, type=MULTIADDR)
+@click.option("--listen", "listen", multiple=True, type=MULTIADDR)
+@click.option("--wait-peers", default=1, type=click.IntRange(0), show_default=True)
+@click.option("--linger", default=2.0, type=click.FloatRange(0, 600), show_default=True)
+@common_options
+def pubsub_announce_command(
+    cid_text: str,
+    name: str,
+    size: int,
+    hash_name: str,
+    topic: str,
+    peers: tuple[Multiaddr, ...],
+    listen: tuple[Multiaddr, ...],
+    wait_peers: int,
+    linger: float,
+) -> None:
+    """(testing) Publish one share announcement, then linger."""
+    try:
+        cid = CID.parse(cid_text)
+    except DecodeError as exc:
+        raise click.BadParameter(str(exc), param_hint="--cid") from None
+    trio.run(_run_announce, cid, name, size, hash_name, topic, listen, peers, wait_peers, linger)
+
+
+# --- providers / peers (DHT) --------------------------------------------------------------------
+
+
+PROVIDERS_BOOTSTRAP_WAIT = 10.0  # seconds for the bootstrap peers to be dialled and identified
+
+
+async def _run_providers(
+    cid: CID, peers: tuple[Multiaddr, ...], limit: int, timeout: float
+) -> None:
+    """A short-lived DHT client (fresh identity) asks the network for providers of ``cid``."""
+    opts = options()
+    bootstrap = list(peers)
+    for text in read_daemon_addrs(opts.repo) or []:  # our own daemon knows the network
+        try:
+            bootstrap.append(addrs.parse(text))
+        except DecodeError:
+            continue
+    repo = Repo.open(opts.repo) if (opts.repo / "meta.sqlite").exists() else None
+    found = 0
+    try:
+        async with open_host(PrivateKey.generate()) as host:
+            identify = IdentifyService(host)
+            kad = KadService(host, repo, identify=identify, mode="client", persist=False)
+            if bootstrap:
+                await kad.bootstrap(bootstrap, timeout=PROVIDERS_BOOTSTRAP_WAIT)
+            if not len(kad.table):
+                raise FileshareError(
+                    "no DHT peer to ask: give one with --peer MULTIADDR (or run `fileshare daemon`)"
+                )
+            async with aclosing(kad.find_providers(cid, limit=limit, timeout=timeout)) as results:
+                async for peer, maddrs in results:
+                    full = [str(addrs.with_peer(a, peer)) for a in maddrs]
+                    emit({"peer_id": str(peer), "addrs": full}, " ".join([str(peer), *full]))
+                    found += 1
+    finally:
+        if repo is not None:
+            repo.close()
+    if not found:
+        raise NotFound(f"no providers of {cid} found in the DHT")
+
+
+@click.command("providers")
+@click.argument("cid")
+@click.option(
+    "--peer",
+    "peers",
+    multiple=True,
+    type=MULTIADDR,
+    help="DHT peer to start from (repeatable). Also used: a daemon on this repo, saved peers.",
+)
+@click.option(
+    "--num-providers",
+    "-n",
+    "limit",
+    default=20,
+    show_default=True,
+    type=click.IntRange(1, 1000),
+    help="Stop after this many providers.",
+)
+@click.option(
+    "--timeout",
+    default=60.0,
+    show_default=True,
+    type=click.FloatRange(0.1, 3600),
+    help="Seconds the whole search may take.",
+)
+@common_options
+def providers_command(cid: str, peers: tuple[Multiaddr, ...], limit: int, timeout: float) -> None:
+    """Find providers of CID in the DHT, like `ipfs routing findprovs`.
+
+    Prints one provider per line: its PeerId, then its multiaddrs (space-separated); with --json,
+    one {"peer_id", "addrs"} object per line. Exits 1 when none is found.
+    """
+    try:
+        root = CID.parse(cid)
+    except DecodeError as exc:
+        raise click.BadParameter(str(exc), param_hint="CID") from None
+    trio.run(_run_providers, root, peers, limit, timeout)
+
+
+@click.command("peers")
+@common_options
+def peers_command() -> None:
+    """List the DHT routing table peers saved in this repository (by a daemon, every minute).
+
+    One peer per line: PeerId, then its multiaddrs; with --json also when it was last seen.
+    """
+    repo = Repo.open(options().repo)
+    try:
+        rows = repo.dht_peers(100_000)
+    finally:
+        repo.close()
+    for raw_id, packed, last_seen in rows:
+        try:
+            peer = PeerId.from_bytes(raw_id)
+        except DecodeError:
+            continue
+        full: list[str] = []
+        for raw in unpack_addrs(packed):
+            try:
+                full.append(str(addrs.with_peer(addrs.from_bytes(raw), peer)))
+            except DecodeError:
+                continue
+        emit(
+            {"peer_id": str(peer), "addrs": full, "last_seen": round(last_seen, 3)},
+            " ".join([str(peer), *full]),
+        )
+
+
+COMMANDS: list[click.Command] = [
+    daemon,
+    id_command,
+    ping_command,
+    providers_command,
+    peers_command,
+    watch_command,
+    pubsub_announce_command,
+]

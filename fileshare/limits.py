@@ -89,6 +89,19 @@ KAD_LIVENESS_GRACE = 60.0  # an old peer seen this recently is kept without a pi
 KAD_IP_GROUP_PER_BUCKET = 2  # peers from one IPv4 /16 (IPv6 /32) per bucket
 KAD_IP_GROUP_PER_TABLE = 3  # peers from one IPv4 /16 (IPv6 /32) per routing table
 KAD_LOOKUP_MAX_PEERS = 2000  # candidates one lookup tracks (beyond those already queried)
+KAD_LOOKUP_TIMEOUT = 60.0  # seconds one whole lookup (find providers, closest peers) may take
+KAD_STREAM_IDLE_TIMEOUT = 60.0  # seconds an inbound DHT stream may wait for its next request
+KAD_MAX_INBOUND_STREAMS_PER_PEER = 32  # concurrent inbound DHT streams one peer may hold open
+KAD_OUTBOUND_IDLE = 30.0  # seconds an idle outbound DHT stream is kept for reuse
+KAD_MAX_IDLE_STREAMS_PER_PEER = 2  # idle outbound DHT streams kept per peer
+KAD_PROVIDE_ACK_TIMEOUT = 5.0  # seconds we wait for an (optional) ADD_PROVIDER echo
+KAD_PROVIDE_RETRY = 30.0  # seconds before a provide that reached no peer is retried
+KAD_STALE_PEER_AGE = 3600.0  # table peers silent this long get a liveness check
+KAD_PERSIST_INTERVAL = 60.0  # seconds between saves of the routing table to the repository
+KAD_MAX_PERSISTED_PEERS = 5000  # routing table peers saved to / loaded from the repository
+KAD_MAX_TABLE_ADDRS = 8  # addresses kept per routing table peer (and sent in answers)
+KAD_SEED_WAIT = 5.0  # seconds a lookup waits for a first routing table peer when it has none
+KAD_MAINTENANCE_CONCURRENCY = 4  # refresh lookups / liveness checks run at once
 
 # --- bitswap (/ipfs/bitswap/1.2.0) ---
 BITSWAP_MAX_WANTLIST_ENTRIES = 8192  # wantlist entries in one received message
@@ -154,3 +167,20 @@ ANNOUNCE_MAX_BYTES = 8 * KIB  # encoded share announcement document
 ANNOUNCE_MAX_NAME = 255  # UTF-8 bytes in an announced file name
 ANNOUNCE_MAX_ADDRS = 16  # sharer addresses in one announcement
 ANNOUNCE_MAX_ADDR_LENGTH = 256  # characters in one announced multiaddr
+
+# --- sync ---
+SYNC_MAX_SNAPSHOT_BYTES = 64 * MIB  # encoded signed folder snapshot (or saved folder index)
+SYNC_MAX_ENTRIES = 200_000  # files + tombstones in one snapshot
+SYNC_MAX_PATH_BYTES = 4096  # UTF-8 bytes in a synced relative path
+SYNC_MAX_NAME_BYTES = 255  # UTF-8 bytes in one path component
+SYNC_MAX_DEPTH = 64  # components in a synced path
+SYNC_MAX_FILE_SIZE = 1 << 50  # a file claiming more than 1 PiB is implausible: the snapshot is refused
+SYNC_MAX_VERSION_PEERS = 256  # peers in one version vector
+SYNC_MAX_WRITERS = 64  # allowed writers of one folder
+SYNC_MAX_INVITE_ADDRS = 16  # inviter multiaddrs in one invite
+SYNC_MAX_INVITE_CHARS = 8192  # characters in an invite string
+SYNC_SETTLE_SECONDS = 0.25  # a changed file is shared once its size/mtime held still this long
+SYNC_DEBOUNCE_MS = 50  # watcher: filesystem events are gathered this long before a scan
+SYNC_RESCAN_INTERVAL = 60.0  # seconds between safety-net full rescans
+SYNC_IMPORT_CONCURRENCY = 4  # changed files imported at once by a scan
+SYNC_FREE_SPACE_MARGIN = 64 * MIB  # bytes left free on a disk after applying a snapshot

@@ -1,7 +1,8 @@
 """A Node: repository + identity + host + the protocols running on it.
 
-Today: identify and ping. Services added later (DHT, bitswap, pubsub) are constructed in
-``Node.__init__`` next to them, and start long-running tasks in ``node.nursery``.
+Today: identify, ping, pubsub and bitswap (serving every block in the repo; ``fetch``/``share``).
+Services added later (DHT) are constructed in ``Node.__init__`` next to them, and start
+long-running tasks in ``node.nursery``.
 
     async with open_node(repo_path, listen=[parse("/ip4/127.0.0.1/tcp/0")]) as node:
         print(node.full_addrs())
@@ -16,18 +17,29 @@ import os
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import trio
 from multiaddr import Multiaddr
 
+from .content.cid import CID
 from .errors import FileshareError
 from .identity.keys import PrivateKey, load_or_create_identity
 from .identity.peerid import PeerId
 from .net import addrs as _addrs
 from .net.host import Host, open_host
+from .protocols.bitswap.service import BitswapService
 from .protocols.identify import IdentifyService
+from .protocols.kad.service import KadMode, KadService
 from .protocols.ping import PingService
+from .protocols.pubsub.service import PubsubService
 from .repo import Repo
+
+if TYPE_CHECKING:
+    from .content.ingest import ImportResult
+    from .content.ingest import Progress as ImportProgress
+    from .content.layout import Layout
+    from .fetch import FetchResult
 
 log = logging.getLogger("fileshare.node")
 
@@ -46,11 +58,14 @@ def load_identity(repo_path: Path) -> PrivateKey:
 class Node:
     """The composed node. Build it with ``open_node``."""
 
-    def __init__(self, repo: Repo, host: Host) -> None:
+    def __init__(self, repo: Repo, host: Host, *, dht_mode: KadMode = "server") -> None:
         self.repo = repo
         self.host = host
         self.identify = IdentifyService(host)
+        self.kad = KadService(host, repo, identify=self.identify, mode=dht_mode)
         self.ping = PingService(host)
+        self.pubsub = PubsubService(host)
+        self.bitswap = BitswapService(host, repo.blocks)  # serves every block in the repo
 
     @property
     def peer_id(self) -> PeerId:
@@ -63,6 +78,48 @@ class Node:
     def full_addrs(self) -> list[Multiaddr]:
         """Our dialable addresses, each ending in ``/p2p/<PeerId>`` (loopback first)."""
         return [_addrs.with_peer(a, self.peer_id) for a in self.host.advertised_addrs()]
+
+    async def fetch(self, root: CID, out: Path | None = None, **options: Any) -> FetchResult:
+        """Fetch the DAG under ``root`` into the store and, with ``out``, write the file there.
+
+        ``options``: see ``fileshare.fetch.fetch_file`` (peers, on_progress, stall_timeout, ...).
+        """
+        from .fetch import fetch_blocks, fetch_file
+
+        if out is None:
+            options.pop("pin", None)
+            return await fetch_blocks(self, root, **options)
+        return await fetch_file(self, root, out, **options)
+
+    async def share(
+        self,
+        path: Path,
+        layout: Layout,
+        *,
+        name: str | None = None,
+        announce: bool = True,
+        progress: ImportProgress | None = None,
+    ) -> ImportResult:
+        """Import ``path`` as a shared file (served by bitswap) and announce it on pubsub."""
+        from .content.ingest import import_file, layout_names
+
+        result = await import_file(self.repo, path, layout, progress, name=name, shared=True)
+        self.bitswap.blocks_added([result.root])
+        self.kad.start_providing(result.root)  # the root only: reproviding stays cheap
+        if announce:
+            hash_name = layout_names(layout)[0]
+            self.nursery.start_soon(
+                self._announce, result.root, name or path.name, result.size, hash_name
+            )
+        return result
+
+    async def _announce(self, root: CID, name: str, size: int, hash_name: str) -> None:
+        from .protocols.pubsub.announce import announce_share
+
+        try:
+            await announce_share(self, root, name, size, hash_name)
+        except FileshareError as exc:
+            log.warning("could not announce %s: %s", root, exc)
 
     async def connect(self, addr: Multiaddr) -> None:
         """Dial ``addr``; failures are logged, not raised (for bootstrap peers)."""
@@ -111,6 +168,7 @@ async def open_node(
     listen: Sequence[Multiaddr] = (),
     peers: Sequence[Multiaddr] = (),
     key: PrivateKey | None = None,
+    dht_mode: KadMode = "server",
 ) -> AsyncIterator[Node]:
     """Open the repository, start the host and protocols, listen, dial ``peers`` (in background)."""
     repo = Repo.open(repo_path)
@@ -118,7 +176,7 @@ async def open_node(
         if key is None:
             key = load_or_create_identity(repo.identity_path)
         async with open_host(key) as host:
-            node = Node(repo, host)
+            node = Node(repo, host, dht_mode=dht_mode)
             if listen:
                 await host.listen(listen)
             for addr in peers:

@@ -45,6 +45,30 @@ MIGRATIONS: list[str] = [
         created REAL NOT NULL
     )
     """,
+    # 1 -> 2: DHT routing table peers and their addresses (reloaded on start)
+    """
+    CREATE TABLE dht_peers (
+        peer_id   BLOB PRIMARY KEY,
+        addrs     BLOB NOT NULL,
+        last_seen REAL NOT NULL
+    )
+    """,
+    # 2 -> 3: sync scan cache: per folder and path, the stat that was imported and its root CID
+    """
+    CREATE TABLE sync_files (
+        folder   TEXT NOT NULL,
+        path     TEXT NOT NULL,
+        size     INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL,
+        inode    INTEGER NOT NULL,
+        mode     INTEGER NOT NULL,
+        cid      TEXT NOT NULL,
+        tsize    INTEGER NOT NULL,
+        PRIMARY KEY (folder, path)
+    )
+    """,
+    # 3 -> 4: sync folder index (versions and tombstones), one encoded snapshot body per folder
+    "CREATE TABLE sync_index (folder TEXT PRIMARY KEY, body BLOB NOT NULL)",
 ]
 
 LOCK_TIMEOUT = 30.0  # seconds gc waits for running imports before giving up
@@ -246,6 +270,28 @@ class Repo:
         with self._db_lock:
             rows = self._db.execute(_SELECT + " ORDER BY created, cid").fetchall()
         return [_row_pin(r) for r in rows]
+
+    # --- DHT routing table (fileshare.protocols.kad.service) ---
+    def dht_peers(self, limit: int) -> list[tuple[bytes, bytes, float]]:
+        """Saved routing table rows ``(peer id, packed addrs, last seen)``, most recent first."""
+        with self._db_lock, _db_errors(self.db_path):
+            rows = self._db.execute(
+                "SELECT peer_id, addrs, last_seen FROM dht_peers ORDER BY last_seen DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [(bytes(a), bytes(b), float(c)) for a, b, c in rows]
+
+    def save_dht_peers(self, rows: list[tuple[bytes, bytes, float]]) -> None:
+        """Replace the saved routing table with ``rows``."""
+        with self._db_lock, _db_errors(self.db_path):
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("DELETE FROM dht_peers")
+                self._db.executemany("INSERT OR REPLACE INTO dht_peers VALUES (?, ?, ?)", rows)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
 
     # --- DAG walks, gc, verify ---
     def dag_status(self, roots: list[CID]) -> DagStatus:

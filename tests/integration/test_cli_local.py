@@ -109,8 +109,18 @@ def test_add_json_and_share_and_ls(cli: Cli) -> None:
     assert info["name"] == "random-5MiB.bin" and info["size"] == 5 * MIB
     assert info["blocks"] == 6  # five 1 MiB leaves and the root
     CID.parse(info["cid"])
-    # --json also works after the subcommand; `share` imports the same way
-    shared = json.loads(cli.ok("share", str(SAMPLES / "hello.txt"), "--json"))
+    # --json also works after the subcommand; `share` imports the same way (then serves until
+    # SIGTERM: its first line is the import result)
+    share = [*cli.command, "--repo", str(cli.repo), "share", str(SAMPLES / "hello.txt"), "--json"]
+    proc = subprocess.Popen(
+        [*share, "--listen", "/ip4/127.0.0.1/tcp/0"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        shared = json.loads(proc.stdout.readline())
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=30) == 0
     assert shared["name"] == "hello.txt"
     listing = json.loads(cli.ok("ls", "--json"))["shares"]
     by_cid = {s["cid"]: s for s in listing}

@@ -357,7 +357,57 @@ async def cmd_topic_peers(peer: Peer, c: Json) -> Json:
     return {"subscribers": sorted(str(p) for p in subs), "mesh": sorted(str(p) for p in mesh)}
 
 
+# -- kad-dht (py-libp2p KadDHT, server mode) ------------------------------------------------------
+
+
+@dataclass
+class _Kad:
+    dht: Any = None
+
+
+_KAD = _Kad()
+
+
+@asynccontextmanager
+async def _run_kad(peer: Peer) -> AsyncIterator[None]:
+    from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
+    from libp2p.tools.anyio_service import background_trio_service
+
+    dht = KadDHT(peer.host, DHTMode.SERVER)
+    async with background_trio_service(dht):
+        _KAD.dht = dht
+        yield
+
+
+async def cmd_provide(peer: Peer, c: Json) -> Json:
+    """{"cmd":"provide","cid":C} -> {"ok_provide": bool}"""
+    return {"ok_provide": bool(await _KAD.dht.provide(c["cid"]))}
+
+
+async def cmd_find_providers(peer: Peer, c: Json) -> Json:
+    """{"cmd":"find_providers","cid":C[,"count":N]} -> {"providers":[{"peer_id","addrs"}]} (deduped)"""
+    found: dict[str, Json] = {}
+    for info in await _KAD.dht.find_providers(c["cid"], int(c.get("count", 20))):
+        found.setdefault(
+            str(info.peer_id), {"peer_id": str(info.peer_id), "addrs": [str(a) for a in info.addrs]}
+        )
+    return {"providers": list(found.values())}
+
+
+async def cmd_dht_peers(peer: Peer, c: Json) -> Json:
+    """{"cmd":"dht_peers"} -> {"peers":[PeerId...]} (routing table)"""
+    return {"peers": [str(p) for p in _KAD.dht.routing_table.get_peer_ids()]}
+
+
 SERVICES: dict[str, Service] = {
+    "kad": Service(
+        commands={
+            "provide": cmd_provide,
+            "find_providers": cmd_find_providers,
+            "dht_peers": cmd_dht_peers,
+        },
+        run=_run_kad,
+    ),
     "gossipsub": Service(
         commands={
             "subscribe": cmd_subscribe,

@@ -404,7 +404,10 @@ class DelayedStream(trio.abc.Stream):
         await self._inner.aclose()
 
 
-async def test_receive_window_grows_on_a_fast_stream_with_latency() -> None:
+async def test_receive_window_grows_on_a_fast_stream_with_latency(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # virtual time: only the simulated 10 ms latency each way counts, not how busy the CPU is
     size = 24 * MIB
     async with trio.open_nursery() as n:
         a_t, b_t = trio.testing.memory_stream_pair()

@@ -8,11 +8,15 @@ import { ping } from '@libp2p/ping'
 import { multiaddr } from '@multiformats/multiaddr'
 import { ECHO_PROTOCOL, echoClient, echoHandler, served } from './echo.mjs'
 import { gossipsubService } from './gossipsub.mjs'
+import { kadService } from './kad.mjs'
+import { heliaService } from './helia.mjs'
 
 export const DEFAULT_SERVICES = ['identify', 'ping', 'echo']
 
 export const SERVICES = {
+  kad: kadService, // provide, find_providers, dht_peers (lib/kad.mjs); needs identify + ping
   gossipsub: gossipsubService, // subscribe, publish, received, topic_peers (lib/gossipsub.mjs)
+  helia: heliaService, // a Helia node beside this one: helia_info, helia_add, helia_cat (lib/helia.mjs)
   identify: {
     libp2pServices: () => ({ identify: identify() }),
     commands: {
