@@ -184,3 +184,20 @@ SYNC_DEBOUNCE_MS = 50  # watcher: filesystem events are gathered this long befor
 SYNC_RESCAN_INTERVAL = 60.0  # seconds between safety-net full rescans
 SYNC_IMPORT_CONCURRENCY = 4  # changed files imported at once by a scan
 SYNC_FREE_SPACE_MARGIN = 64 * MIB  # bytes left free on a disk after applying a snapshot
+
+# --- mDNS discovery (_p2p._udp.local, RFC 6762) ---
+MDNS_MAX_MESSAGE = 9000  # bytes in one mDNS datagram we accept (RFC 6762 s17 packet ceiling)
+MDNS_MAX_SEND = 1400  # bytes in a response we send (fits an Ethernet MTU); addresses dropped to fit
+MDNS_MAX_RECORDS = 256  # questions + records in one decoded message
+MDNS_MAX_POINTER_JUMPS = 32  # compression pointers followed while decoding one name
+MDNS_QUERY_INTERVAL = 60.0  # seconds between our "find all peers" queries (one is sent at start)
+MDNS_RECORD_TTL = 120  # seconds, TTL of the records we announce
+MDNS_MIN_RESPONSE_INTERVAL = 1.0  # seconds between two multicast responses of ours (RFC 6762 s6)
+MDNS_MAX_ADDRS_ANNOUNCED = 16  # dnsaddr TXT strings in one response of ours
+MDNS_MAX_ADDRS_PER_PEER = 16  # dnsaddr entries taken from one discovered peer
+MDNS_MAX_PEERS = 64  # discovered peers remembered (the least recently seen one is dropped)
+MDNS_MAX_CONCURRENT_DIALS = 4  # discovered peers dialled at once; more wait for the next response
+MDNS_REDIAL_INTERVAL = 60.0  # seconds before a discovered peer is dialled again
+MDNS_ADDR_REFRESH = 5.0  # seconds between re-reads of our listen addresses while mDNS is active
+MDNS_IDLE_POLL = 0.5  # seconds between checks for an announceable address while mDNS is dormant
+MDNS_RESPONSE_DELAY = (0.02, 0.12)  # seconds, random delay before answering a query (RFC 6762 s6)
