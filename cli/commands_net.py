@@ -78,11 +78,16 @@ async def _listen_defaults(node: Node) -> None:
 
 
 async def _run_daemon(
-    listen: tuple[Multiaddr, ...], peers: tuple[Multiaddr, ...], dht: str = "server"
+    listen: tuple[Multiaddr, ...],
+    peers: tuple[Multiaddr, ...],
+    dht: str = "server",
+    mdns: bool = True,
 ) -> None:
     opts = options()
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with open_node(opts.repo, dht_mode="client" if dht == "client" else "server") as node:
+        async with open_node(
+            opts.repo, dht_mode="client" if dht == "client" else "server", mdns=mdns
+        ) as node:
             for pin in node.repo.pins():
                 if pin.shared:
                     node.kad.start_providing(pin.cid)  # in the DHT, every 22 h
@@ -127,8 +132,16 @@ async def _run_daemon(
     show_default=True,
     help="DHT mode: a server answers other peers' DHT queries; a client only asks.",
 )
+@click.option(
+    "--no-mdns",
+    is_flag=True,
+    default=False,
+    help="Do not discover or announce peers on the LAN with mDNS (_p2p._udp.local).",
+)
 @common_options
-def daemon(listen: tuple[Multiaddr, ...], peers: tuple[Multiaddr, ...], dht: str) -> None:
+def daemon(
+    listen: tuple[Multiaddr, ...], peers: tuple[Multiaddr, ...], dht: str, no_mdns: bool
+) -> None:
     """Run a node until SIGINT/SIGTERM; prints one full multiaddr per line once listening.
 
     It serves its blocks (bitswap), DHT queries (unless --dht client) and provides the files
@@ -138,7 +151,7 @@ def daemon(listen: tuple[Multiaddr, ...], peers: tuple[Multiaddr, ...], dht: str
             raise click.BadParameter(
                 f"{addr}: expected /ip4|ip6/<host>/tcp/<port>", param_hint="--listen"
             )
-    trio.run(_run_daemon, listen, peers, dht)
+    trio.run(_run_daemon, listen, peers, dht, not no_mdns)
 
 
 # --- id ----------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from .net.host import Host, open_host
 from .protocols.bitswap.service import BitswapService
 from .protocols.identify import IdentifyService
 from .protocols.kad.service import KadMode, KadService
+from .protocols.mdns.service import MdnsService
 from .protocols.ping import PingService
 from .protocols.pubsub.service import PubsubService
 from .repo import Repo
@@ -58,7 +59,9 @@ def load_identity(repo_path: Path) -> PrivateKey:
 class Node:
     """The composed node. Build it with ``open_node``."""
 
-    def __init__(self, repo: Repo, host: Host, *, dht_mode: KadMode = "server") -> None:
+    def __init__(
+        self, repo: Repo, host: Host, *, dht_mode: KadMode = "server", mdns: bool = False
+    ) -> None:
         self.repo = repo
         self.host = host
         self.identify = IdentifyService(host)
@@ -66,6 +69,7 @@ class Node:
         self.ping = PingService(host)
         self.pubsub = PubsubService(host)
         self.bitswap = BitswapService(host, repo.blocks)  # serves every block in the repo
+        self.mdns = MdnsService(host, enabled=mdns)  # LAN discovery (off unless asked for)
 
     @property
     def peer_id(self) -> PeerId:
@@ -169,6 +173,7 @@ async def open_node(
     peers: Sequence[Multiaddr] = (),
     key: PrivateKey | None = None,
     dht_mode: KadMode = "server",
+    mdns: bool = False,
 ) -> AsyncIterator[Node]:
     """Open the repository, start the host and protocols, listen, dial ``peers`` (in background)."""
     repo = Repo.open(repo_path)
@@ -176,7 +181,7 @@ async def open_node(
         if key is None:
             key = load_or_create_identity(repo.identity_path)
         async with open_host(key) as host:
-            node = Node(repo, host, dht_mode=dht_mode)
+            node = Node(repo, host, dht_mode=dht_mode, mdns=mdns)
             if listen:
                 await host.listen(listen)
             for addr in peers:
