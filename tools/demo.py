@@ -1,20 +1,19 @@
 """The README demo: two fileshare nodes on this machine (127.0.0.1 only).
 
-Node A imports a sample file and runs as a daemon; node B connects to it over TCP + Noise + yamux
-(ping), then the file is fetched by CID and compared byte for byte with the original.
+Node A shares a sample file (imports it, provides it in the DHT, serves it over bitswap); node B
+pings A over TCP + Noise + yamux, asks the DHT who provides the CID, fetches the file by CID from A
+(every block verified) and compares it byte for byte with the original.
 Run through `python3 tools/dev.py demo`, which sets up .venv first.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,22 +28,32 @@ def fileshare(repo: Path, *args: str) -> str:
     return out
 
 
-def start_daemon(repo: Path) -> tuple[subprocess.Popen[str], str]:
-    cmd = [sys.executable, "-m", "fileshare", "--repo", str(repo), "daemon",
-           "--listen", "/ip4/127.0.0.1/tcp/0"]
-    print("$ fileshare --repo", repo.name, "daemon --listen /ip4/127.0.0.1/tcp/0 &", flush=True)
+def start_share(repo: Path, path: Path) -> tuple[subprocess.Popen[str], str, str]:
+    """``fileshare share`` in the background; returns the process, the root CID and an address."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "fileshare",
+        "--repo",
+        str(repo),
+        "share",
+        str(path),
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+    ]
+    print(
+        f"$ fileshare --repo {repo.name} share {path.name} --listen /ip4/127.0.0.1/tcp/0 &",
+        flush=True,
+    )
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        print(line.rstrip(), flush=True)
-        if line.startswith("/ip4/127.0.0.1/"):
-            return proc, line.strip()
-    proc.kill()
-    raise SystemExit("demo: the daemon did not print its address")
+    cid = proc.stdout.readline().strip()
+    addr = proc.stdout.readline().strip()
+    print(cid, addr, sep="\n", flush=True)
+    if not cid or not addr.startswith("/ip4/127.0.0.1/"):
+        proc.kill()
+        raise SystemExit("demo: `fileshare share` did not print its CID and address")
+    return proc, cid, addr
 
 
 def sha256(path: Path) -> str:
@@ -54,19 +63,18 @@ def sha256(path: Path) -> str:
 def main() -> int:
     with tempfile.TemporaryDirectory(prefix="fileshare-demo-") as tmp:
         a, b = Path(tmp) / "nodeA", Path(tmp) / "nodeB"
-        added = json.loads(fileshare(a, "--json", "add", str(SAMPLE)))
-        cid = added["cid"]
-        daemon, addr = start_daemon(a)
+        sharer, cid, addr = start_share(a, SAMPLE)
+        out = Path(tmp) / "fetched.bin"
         try:
             fileshare(b, "ping", addr, "--count", "3")
-            out = Path(tmp) / "fetched.bin"
-            fileshare(a, "fetch", cid, "-o", str(out))
+            fileshare(b, "providers", cid, "--peer", addr)
+            fileshare(b, "fetch", cid, "--peer", addr, "-o", str(out))
         finally:
-            daemon.send_signal(signal.SIGTERM)
-            daemon.wait(timeout=15)
+            sharer.send_signal(signal.SIGTERM)
+            sharer.wait(timeout=15)
         same = sha256(out) == sha256(SAMPLE)
         print(f"\n{SAMPLE.name}: {os.path.getsize(out)} bytes, CID {cid}")
-        print("fetched file is byte-identical to the original" if same else "MISMATCH")
+        print("node B's copy is byte-identical to the original" if same else "MISMATCH")
         return 0 if same else 1
 
 

@@ -100,6 +100,21 @@ async def test_provide_and_find_in_a_small_network(tmp_path: Path) -> None:
         assert finder.rpc.idle_streams() >= 1  # streams are kept for reuse
 
 
+async def test_lone_sharer_is_found_by_a_client_that_dials_it(tmp_path: Path) -> None:
+    """A sharer with an empty routing table still answers GET_PROVIDERS with its own record."""
+    async with (
+        dht_node(tmp_path / "sharer") as sharer,
+        dht_node(tmp_path / "c", mode="client") as client,
+    ):
+        sharer.start_providing(content_cid(7))
+        with trio.fail_after(20):
+            assert await client.bootstrap([addrs.parse(full_addr(sharer))]) == 1
+            found = await collect(client, content_cid(7))
+        assert len(sharer.table) == 0  # a client never enters the table
+        assert [p for p, _ in found] == [sharer.host.peer_id]
+        assert found[0][1], "the record carries the sharer's addresses"
+
+
 async def test_client_mode_is_not_advertised_or_added(tmp_path: Path) -> None:
     async with (
         dht_node(tmp_path / "s") as server,

@@ -228,8 +228,14 @@ class KadService:
         return stored
 
     def start_providing(self, cid: CID | bytes) -> None:
-        """Provide ``cid`` now (in the background) and again every reprovide interval."""
-        self.reprovider.add(provider_key(cid), trio.current_time())
+        """Provide ``cid`` now (in the background) and again every reprovide interval.
+
+        Our own record is stored at once, so a peer that asks us directly finds it even while the
+        routing table is still empty (a lone sharer that others dial as a bootstrap peer).
+        """
+        key, now = provider_key(cid), trio.current_time()
+        self.providers.add(key, self.local_id, self.local_addrs(), now)
+        self.reprovider.add(key, now)
         self._wake()
 
     def stop_providing(self, cid: CID | bytes) -> None:
