@@ -29,6 +29,7 @@ from fileshare.net import addrs
 from fileshare.node import open_node, read_daemon_addrs
 from fileshare.repo import Pin, Repo
 
+from .commands_daemon import running_daemon
 from .commands_net import MULTIADDR, _listen_defaults
 from .common import common_options, emit, is_terminal, options
 
@@ -139,6 +140,21 @@ def _run_add(
     file: Path, hash_name: str, profile: str, chunk_size: str | None, shared: bool
 ) -> None:
     layout = build_layout(hash_name, profile, chunk_size)
+    client = running_daemon()
+    if client is not None:  # the daemon imports it (and, shared, provides and announces it)
+        body = {
+            "path": str(file.resolve()),
+            "hash": hash_name,
+            "profile": profile,
+            "chunk_size": layout.chunk_size,
+            "share": shared,
+        }
+        with progress_bar(f"adding {file.name}") as progress:
+            on_event = _bytes_progress(progress)
+            done = client.job("/add", body, on_event)
+        data = {k: done[k] for k in ("cid", "name", "size", "blocks")}
+        emit(data, str(done["cid"]))
+        return
     with open_repo() as repo, progress_bar(f"adding {file.name}") as progress:
         result = trio.run(lambda: add_file(repo, file, layout, shared=shared, progress=progress))
     data = {
@@ -148,6 +164,12 @@ def _run_add(
         "blocks": result.block_count,
     }
     emit(data, str(result.root))
+
+
+def _bytes_progress(progress: ProgressFn | None) -> Callable[[dict[str, Any]], None] | None:
+    if progress is None:
+        return None
+    return lambda e: progress(int(e.get("bytes_done", 0)), int(e.get("bytes_total", 0)))
 
 
 @click.command("add")
@@ -205,7 +227,7 @@ def share(
             )
     daemon_addrs = read_daemon_addrs(options().repo)
     if daemon_addrs is not None:
-        _run_add(file, hash_name, profile, chunk_size, shared=True)
+        _run_add(file, hash_name, profile, chunk_size, shared=True)  # via its API when it has one
         for text in daemon_addrs:
             emit({"addr": text}, text)
         return
@@ -332,6 +354,19 @@ def fetch(
     """Write the file with root CID, fetching missing blocks from peers; verifies every block."""
     root = parse_cid(cid)
     out = output if output is not None else Path(str(root))
+    client = running_daemon()
+    if client is not None:  # the daemon fetches (its peers and DHT table are warm)
+        body = {
+            "cid": str(root),
+            "out": str(out.absolute()),
+            "peers": [str(p) for p in peers],
+            "stall_timeout": stall_timeout,
+        }
+        with fetch_progress(f"fetching {out.name}") as progress:
+            on_event = None if progress is None else (lambda e: progress(FetchProgress(**e)))
+            done = client.job("/fetch", body, on_event)
+        emit({**done, "path": str(out)}, str(out))
+        return
     with fetch_progress(f"fetching {out.name}") as progress:
         result = trio.run(fetch_file, root, out, peers, stall_timeout, progress)
     emit({"cid": str(root), **result.to_json(), "path": str(out)}, str(out))
@@ -341,8 +376,12 @@ def fetch(
 @common_options
 def ls() -> None:
     """List pinned and shared files."""
-    with open_repo() as repo:
-        pins = repo.pins()
+    client = running_daemon()
+    if client is not None:
+        pins = [_pin_from_json(p) for p in client.call("GET", "/ls")["shares"]]
+    else:
+        with open_repo() as repo:
+            pins = repo.pins()
     if options().json:
         emit({"shares": [p.to_json() for p in pins]})
         return
@@ -391,16 +430,21 @@ def verify(remove_corrupt: bool) -> None:
 @common_options
 def gc() -> None:
     """Delete blocks that no pin needs."""
-    with open_repo() as repo:
-        result = repo.gc()
-    emit(
-        {
+    client = running_daemon()
+    if client is not None:
+        data = client.call("POST", "/gc", {}, timeout=None)
+    else:
+        with open_repo() as repo:
+            result = repo.gc()
+        data = {
             "removed_blocks": result.removed_blocks,
             "removed_bytes": result.removed_bytes,
             "kept_blocks": result.kept_blocks,
-        },
-        f"removed {result.removed_blocks} blocks ({result.removed_bytes} bytes), "
-        f"kept {result.kept_blocks}",
+        }
+    emit(
+        data,
+        f"removed {data['removed_blocks']} blocks ({data['removed_bytes']} bytes), "
+        f"kept {data['kept_blocks']}",
     )
 
 
@@ -411,6 +455,11 @@ def gc() -> None:
 def pin(cid: str, name: str) -> None:
     """Pin a file whose blocks are all in the store (gc keeps pinned files)."""
     root = parse_cid(cid)
+    client = running_daemon()
+    if client is not None:
+        client.call("POST", "/pin", {"cid": str(root), "name": name}, timeout=None)
+        emit({"cid": str(root), "pinned": True}, f"pinned {root}")
+        return
     with open_repo() as repo:
         status = repo.dag_status([root])
         if status.corrupt:
@@ -442,10 +491,28 @@ def pin(cid: str, name: str) -> None:
 def unpin(cid: str) -> None:
     """Unpin a file; `fileshare gc` then frees its blocks."""
     root = parse_cid(cid)
+    client = running_daemon()
+    if client is not None:
+        client.call("POST", "/unpin", {"cid": str(root)})
+        emit({"cid": str(root), "pinned": False}, f"unpinned {root}")
+        return
     with open_repo() as repo:
         if not repo.unpin(root):
             raise NotFound(f"{root} is not pinned")
     emit({"cid": str(root), "pinned": False}, f"unpinned {root}")
+
+
+def _pin_from_json(data: dict[str, Any]) -> Pin:
+    return Pin(
+        CID.parse(str(data["cid"])),
+        str(data["name"]),
+        int(data["size"]),
+        str(data["hash"]),
+        str(data["profile"]),
+        int(data["blocks"]),
+        bool(data["shared"]),
+        float(data["created"]),
+    )
 
 
 COMMANDS: list[click.Command] = [add, share, fetch, ls, verify, gc, pin, unpin]

@@ -7,6 +7,7 @@ import logging
 import signal
 import statistics
 from contextlib import aclosing
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import trio
 from multiaddr import Multiaddr
 
 from fileshare.content.cid import CID
+from fileshare.daemon import serve_daemon
 from fileshare.errors import DecodeError, FileshareError, NotFound, ProtocolError
 from fileshare.identity.keys import PrivateKey
 from fileshare.identity.peerid import PeerId
@@ -36,7 +38,9 @@ from fileshare.protocols.pubsub.announce import (
 )
 from fileshare.repo import Repo
 
+from .commands_daemon import DaemonOptions, daemon_settings, find_daemon_pid
 from .common import common_options, emit, options
+from .config import load_config
 
 log = logging.getLogger("fileshare.cli")
 logging.getLogger("multiaddr").setLevel(logging.INFO)  # its DEBUG output drowns ours under --debug
@@ -82,12 +86,15 @@ async def _run_daemon(
     peers: tuple[Multiaddr, ...],
     dht: str = "server",
     mdns: bool = True,
+    servers: DaemonOptions | None = None,
 ) -> None:
     opts = options()
+    servers = servers or DaemonOptions()
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with open_node(
             opts.repo, dht_mode="client" if dht == "client" else "server", mdns=mdns
         ) as node:
+            node.bitswap.send_rate = servers.send_rate
             for pin in node.repo.pins():
                 if pin.shared:
                     node.kad.start_providing(pin.cid)  # in the DHT, every 22 h
@@ -97,17 +104,27 @@ async def _run_daemon(
                 await _listen_defaults(node)
             for addr in node.full_addrs():
                 emit({"addr": str(addr)}, str(addr))
-            node.pubsub.set_validator(ANNOUNCE_TOPIC, validate_announcement)
-            node.pubsub.relay(ANNOUNCE_TOPIC)  # forward share announcements
-            node.write_daemon_info()
-            try:
-                for peer in peers:
-                    node.nursery.start_soon(node.connect, peer)
-                async for signum in signals:
-                    log.info("received %s, shutting down", signal.Signals(signum).name)
-                    break
-            finally:
-                node.remove_daemon_info()
+            for topic in servers.topics:
+                node.pubsub.set_validator(topic, validate_announcement)
+                node.pubsub.relay(topic)  # forward share announcements
+            async with trio.open_nursery() as http:  # control API + gateway (fileshare.daemon)
+                served = await http.start(
+                    partial(serve_daemon, node, api=servers.api, gateway=servers.gateway)
+                )
+                served.api.default_stall_timeout = servers.stall_timeout
+                emit({"api": served.api_url}, f"api {served.api_url}")
+                if served.gateway_url is not None:
+                    emit({"gateway": served.gateway_url}, f"gateway {served.gateway_url}")
+                node.write_daemon_info(served.info())
+                try:
+                    for peer in peers:
+                        node.nursery.start_soon(node.connect, peer)
+                    async for signum in signals:
+                        log.info("received %s, shutting down", signal.Signals(signum).name)
+                        break
+                finally:
+                    node.remove_daemon_info()
+                    http.cancel_scope.cancel()
 
 
 @click.command("daemon")
@@ -128,9 +145,8 @@ async def _run_daemon(
 @click.option(
     "--dht",
     type=click.Choice(["server", "client"]),
-    default="server",
-    show_default=True,
-    help="DHT mode: a server answers other peers' DHT queries; a client only asks.",
+    default=None,
+    help="DHT mode: a server answers other peers' DHT queries; a client only asks. [default: server]",
 )
 @click.option(
     "--no-mdns",
@@ -138,20 +154,56 @@ async def _run_daemon(
     default=False,
     help="Do not discover or announce peers on the LAN with mDNS (_p2p._udp.local).",
 )
+@click.option(
+    "--api",
+    "api_addr",
+    default=None,
+    metavar="HOST:PORT",
+    help="Control API address. [default: 127.0.0.1:0, a free port]",
+)
+@click.option(
+    "--gateway",
+    "gateway_addr",
+    default=None,
+    metavar="HOST:PORT|off",
+    help="Trustless HTTP gateway address, or off. [default: 127.0.0.1:0]",
+)
+@click.option(
+    "--max-rate",
+    default=None,
+    metavar="RATE",
+    help="Cap on the bytes per second we send (e.g. 10MiB). Default: no cap.",
+)
 @common_options
 def daemon(
-    listen: tuple[Multiaddr, ...], peers: tuple[Multiaddr, ...], dht: str, no_mdns: bool
+    listen: tuple[Multiaddr, ...],
+    peers: tuple[Multiaddr, ...],
+    dht: str | None,
+    no_mdns: bool,
+    api_addr: str | None,
+    gateway_addr: str | None,
+    max_rate: str | None,
 ) -> None:
-    """Run a node until SIGINT/SIGTERM; prints one full multiaddr per line once listening.
+    """Run a node until SIGINT/SIGTERM: serve blocks, the DHT, the control API and the gateway.
 
-    It serves its blocks (bitswap), DHT queries (unless --dht client) and provides the files
-    shared in this repository in the DHT."""
+    Prints one full multiaddr per line once listening, then `api http://127.0.0.1:PORT` and
+    `gateway http://127.0.0.1:PORT`. Other commands on this repository then go through the API.
+    Flags override the config file (see `fileshare --help`), which overrides the defaults."""
     for addr in listen:
         if not addrs.is_tcp(addr) or addrs.split_peer(addr)[1] is not None:
             raise click.BadParameter(
                 f"{addr}: expected /ip4|ip6/<host>/tcp/<port>", param_hint="--listen"
             )
-    trio.run(_run_daemon, listen, peers, dht, not no_mdns)
+    running = find_daemon_pid(options().repo)
+    if running is not None:
+        raise FileshareError(
+            f"a daemon (or `fileshare share`) already runs on {options().repo} (pid {running})"
+        )
+    listen, peers, servers = daemon_settings(listen, peers, api_addr, gateway_addr, max_rate)
+    config = load_config()
+    dht = dht or config.dht or "server"
+    mdns = not no_mdns and config.mdns is not False
+    trio.run(_run_daemon, listen, peers, dht, mdns, servers)
 
 
 # --- id ----------------------------------------------------------------------------------------

@@ -21,7 +21,9 @@ def default_repo() -> Path:
     env = os.environ.get("FILESHARE_REPO")
     if env:
         return Path(env).expanduser()
-    return Path(platformdirs.user_data_dir("fileshare", appauthor=False))
+    from .config import load_config  # `repo = ...` in the config file
+
+    return load_config().repo or Path(platformdirs.user_data_dir("fileshare", appauthor=False))
 
 
 @dataclass

@@ -37,7 +37,29 @@ class FileshareGroup(click.Group):
             ctx.exit(130)
 
 
-@click.group(cls=FileshareGroup, context_settings={"help_option_names": ["-h", "--help"]})
+EPILOG = """\b
+Exit codes:
+  0    success
+  1    error (one line on stderr; --debug shows the traceback), including
+       `verify` finding bad blocks, `stat` of a CID not in the store and
+       `providers` finding none
+  2    usage error (bad option or argument)
+  130  interrupted (Ctrl-C)
+
+\b
+When `fileshare daemon` runs on the repository, add, share, fetch, ls, pin,
+unpin, gc, stat and status go through its control API (<repo>/daemon.json,
+<repo>/api.token); otherwise they run in this process.
+Config file: $FILESHARE_CONFIG or ~/.config/fileshare/config.toml (TOML:
+repo, listen, bootstrap, topics, api, gateway, dht, mdns, [limits]).
+Shell completion: eval "$(_FILESHARE_COMPLETE=bash_source fileshare)"
+(zsh_source / fish_source for zsh and fish).
+"""
+
+
+@click.group(
+    cls=FileshareGroup, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]}
+)
 @click.option(
     "--repo",
     type=click.Path(file_okay=False, path_type=Path),
@@ -56,9 +78,9 @@ def cli(ctx: click.Context, repo: Path | None, as_json: bool, debug: bool) -> No
 
 
 def _register() -> None:
-    from . import commands_content, commands_net
+    from . import commands_content, commands_daemon, commands_net, commands_sync
 
-    for module in (commands_content, commands_net):
+    for module in (commands_content, commands_net, commands_sync, commands_daemon):
         for command in module.COMMANDS:
             cli.add_command(command)
 

@@ -184,6 +184,12 @@ SYNC_DEBOUNCE_MS = 50  # watcher: filesystem events are gathered this long befor
 SYNC_RESCAN_INTERVAL = 60.0  # seconds between safety-net full rescans
 SYNC_IMPORT_CONCURRENCY = 4  # changed files imported at once by a scan
 SYNC_FREE_SPACE_MARGIN = 64 * MIB  # bytes left free on a disk after applying a snapshot
+SYNC_MAX_POINTER_BYTES = 32 * KIB  # encoded snapshot pointer (a gossipsub message of a folder topic)
+SYNC_REPUBLISH_INTERVAL = 30.0  # seconds between re-announcements of a node's latest snapshot
+SYNC_PEER_POLL_INTERVAL = 0.25  # seconds between checks for peers newly subscribed to a folder topic
+SYNC_FETCH_STALL_TIMEOUT = 30.0  # seconds without a block before a sync fetch gives up
+SYNC_FETCH_OVERHEAD = 1 * MIB  # bytes a file fetch may exceed its claimed size by (DAG nodes, in flight)
+SYNC_BATCH_FETCH_MIN = 16  # files to fetch from one snapshot above which its whole root DAG is fetched
 
 # --- mDNS discovery (_p2p._udp.local, RFC 6762) ---
 MDNS_MAX_MESSAGE = 9000  # bytes in one mDNS datagram we accept (RFC 6762 s17 packet ceiling)
@@ -201,3 +207,16 @@ MDNS_REDIAL_INTERVAL = 60.0  # seconds before a discovered peer is dialled again
 MDNS_ADDR_REFRESH = 5.0  # seconds between re-reads of our listen addresses while mDNS is active
 MDNS_IDLE_POLL = 0.5  # seconds between checks for an announceable address while mDNS is dormant
 MDNS_RESPONSE_DELAY = (0.02, 0.12)  # seconds, random delay before answering a query (RFC 6762 s6)
+
+# --- daemon HTTP servers (control API and gateway, fileshare.daemon.http) ---
+HTTP_MAX_HEADER_BYTES = 16 * KIB  # request line + headers of one request
+HTTP_MAX_BODY_BYTES = 1 * MIB  # request body (the API takes small JSON documents)
+HTTP_MAX_TARGET = 4 * KIB  # characters in a request target (path + query)
+HTTP_HEADER_TIMEOUT = 10.0  # seconds a client may take to send a request's head and body
+HTTP_KEEPALIVE_TIMEOUT = 30.0  # seconds an idle keep-alive connection stays open
+HTTP_WRITE_TIMEOUT = 60.0  # seconds one write to a client may block (a reader that stopped)
+HTTP_MAX_CONNECTIONS = 64  # concurrent connections per server; more get 503 and are closed
+HTTP_READ_SIZE = 64 * KIB  # bytes read from a socket at once
+GATEWAY_MAX_PATH_SEGMENTS = 64  # path components after /ipfs/<cid>
+CAR_MAX_HEADER_BYTES = 64 * KIB  # encoded CARv1 header we accept when reading a CAR
+CAR_MAX_ROOTS = 1024  # roots in one CAR header we accept

@@ -134,12 +134,14 @@ class Node:
             return
         log.info("connected to %s", conn.remote_peer)
 
-    def write_daemon_info(self) -> None:
-        """Record pid, PeerId and addresses so ``fileshare id`` can show them."""
+    def write_daemon_info(self, extra: dict[str, Any] | None = None) -> None:
+        """Record pid, PeerId and addresses so ``fileshare id`` can show them (plus ``extra``:
+        the daemon's ``api`` and ``gateway`` URLs)."""
         info = {
             "pid": os.getpid(),
             "peer_id": str(self.peer_id),
             "addresses": [str(a) for a in self.full_addrs()],
+            **(extra or {}),
         }
         path = self.repo.path / DAEMON_INFO_FILE
         tmp = path.with_suffix(".tmp")

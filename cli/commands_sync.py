@@ -1,0 +1,242 @@
+"""`fileshare sync DIR`: keep a folder the same on several nodes.
+
+The first run creates the folder identity (``DIR/.fileshare/folder.json``) and every run prints a
+one-line invite; ``fileshare sync DIR2 --join INVITE`` joins it. Addresses to dial at start
+(``--peer``, the invite's) are remembered in ``DIR/.fileshare/peers.json`` and the listen port in
+``DIR/.fileshare/node.json``, so a restarted node finds its folder peers again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import click
+import trio
+from multiaddr import Multiaddr
+
+from fileshare.errors import DecodeError, FileshareError
+from fileshare.identity.peerid import PeerId
+from fileshare.net import addrs
+from fileshare.net.tcp import ListenError
+from fileshare.node import Node, load_identity, open_node
+from fileshare.sync import FolderConfig, SyncFolder, format_invite, parse_invite
+from fileshare.sync.folder import parse_folder_id
+from fileshare.sync.network import SyncService
+from fileshare.sync.paths import RESERVED_DIR
+
+from .commands_net import MULTIADDR
+from .common import common_options, emit, options
+
+log = logging.getLogger("fileshare.cli")
+
+PEERS_FILE = f"{RESERVED_DIR}/peers.json"
+NODE_FILE = f"{RESERVED_DIR}/node.json"
+MAX_SAVED_PEERS = 32
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _write_json(path: Path, doc: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _saved_peers(directory: Path) -> list[Multiaddr]:
+    doc = _read_json(directory / PEERS_FILE)
+    out: list[Multiaddr] = []
+    for text in doc if isinstance(doc, list) else []:
+        try:
+            out.append(addrs.parse(str(text)))
+        except DecodeError:
+            continue
+    return out
+
+
+def _remember_peers(directory: Path, new: list[Multiaddr]) -> list[Multiaddr]:
+    """Saved peers plus ``new`` (most recent first, bounded); returns them all."""
+    merged: list[Multiaddr] = []
+    for a in [*new, *_saved_peers(directory)]:
+        if a not in merged:
+            merged.append(a)
+    merged = merged[:MAX_SAVED_PEERS]
+    if new:
+        _write_json(directory / PEERS_FILE, [str(a) for a in merged])
+    return merged
+
+
+def _resolve_config(
+    directory: Path,
+    me: PeerId,
+    folder_id: str | None,
+    allow: tuple[str, ...],
+    invite_text: str | None,
+) -> tuple[FolderConfig, bool, list[Multiaddr]]:
+    """The folder config (created, joined or loaded), whether it is new, and the invite's addrs."""
+    try:
+        writers = [PeerId.from_string(a) for a in allow]
+    except (DecodeError, ValueError) as exc:
+        raise click.BadParameter(str(exc), param_hint="--allow") from None
+    existing = FolderConfig.load(directory)
+    if invite_text is not None:
+        try:
+            invite = parse_invite(invite_text)
+        except DecodeError as exc:
+            raise click.BadParameter(str(exc), param_hint="--join") from None
+        if existing is not None and existing.folder != invite.folder:
+            raise FileshareError(f"{directory} already syncs folder {existing.id_text}")
+        config = FolderConfig(invite.folder, invite.config.writers | frozenset(writers))
+        config.save(directory)
+        return config, existing is None, list(invite.addrs)
+    if existing is None:
+        try:
+            folder = parse_folder_id(folder_id) if folder_id else None
+        except DecodeError as exc:
+            raise click.BadParameter(str(exc), param_hint="--folder") from None
+        config = FolderConfig.create(me, writers)
+        if folder is not None:
+            config = FolderConfig(folder, config.writers)
+        config.save(directory)
+        return config, True, []
+    if folder_id and folder_id != existing.id_text:
+        raise FileshareError(f"{directory} already syncs folder {existing.id_text}")
+    if writers and not existing.writers.issuperset(writers):
+        existing = FolderConfig(existing.folder, existing.writers | frozenset(writers))
+        existing.save(directory)
+    return existing, False, []
+
+
+async def _listen(node: Node, listen: tuple[Multiaddr, ...], directory: Path) -> None:
+    if listen:
+        await node.host.listen(list(listen))
+        return
+    doc = _read_json(directory / NODE_FILE)
+    port = doc.get("port") if isinstance(doc, dict) else None
+    port = port if isinstance(port, int) and 0 < port < 65536 else 0
+    try:
+        bound = await node.host.listen([addrs.parse(f"/ip4/0.0.0.0/tcp/{port}")])
+    except ListenError:
+        bound = await node.host.listen([addrs.parse("/ip4/0.0.0.0/tcp/0")])
+    chosen = int(bound[0].value_for_protocol("tcp"))
+    if chosen != port:
+        _write_json(directory / NODE_FILE, {"port": chosen})
+
+
+def _text(event: dict[str, Any]) -> str:
+    kind = event["event"]
+    if kind == "ready":
+        mode = "writer" if event["writer"] else "read-only (not an allowed writer)"
+        return f"watching {event['folder']}: {event['files']} files, {mode}"
+    if kind == "published":
+        return f"shared snapshot of {event['files']} files ({event['snapshot']})"
+    if kind == "received":
+        lines = [f"+ {p}" for p in event["written"]]
+        lines += [f"~ {a} -> {b}" for a, b in event["renamed"]]
+        lines += [f"- {p}" for p in event["trashed"]]
+        lines += [f"! conflict copy {p}" for p in event["conflicts"]]
+        lines += [f"? {p}: {why}" for p, why in event["skipped"].items()]
+        head = f"from {event['from']}: {event['file_bytes_fetched']} bytes fetched"
+        return "\n".join([head, *lines])
+    if kind == "rejected":
+        return f"rejected from {event['from']}: {event['reason']}"
+    if kind == "error":
+        return f"error syncing from {event['from']}: {event['error']}"
+    return json.dumps(event)
+
+
+def _print_event(event: dict[str, Any]) -> None:
+    emit(event, _text(event))
+
+
+async def _run_sync(
+    directory: Path,
+    config: FolderConfig,
+    created: bool,
+    listen: tuple[Multiaddr, ...],
+    peers: list[Multiaddr],
+    mdns: bool,
+) -> None:
+    opts = options()
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with open_node(opts.repo, mdns=mdns) as node:
+            await _listen(node, listen, directory)
+            full = node.full_addrs()
+            invite = format_invite(config, full)
+            emit(
+                {"event": "invite", "invite": invite, "folder": config.id_text,
+                 "peer_id": str(node.peer_id), "created": created,
+                 "addrs": [str(a) for a in full]},
+                invite,
+            )  # fmt: skip
+            for addr in peers:
+                node.nursery.start_soon(node.connect, addr)
+            folder = SyncFolder(directory, node.repo, node.host.key, config)
+            service = SyncService(node, folder, on_event=_print_event)
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(service.run)
+                    async for signum in signals:
+                        log.info("received %s, shutting down", signal.Signals(signum).name)
+                        break
+                    nursery.cancel_scope.cancel()
+            finally:
+                folder.close()
+            if opts.json:
+                emit({"event": "stats", **service.stats})
+
+
+@click.command("sync")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--folder", "folder_id", default=None, help="Folder id to use when creating.")
+@click.option(
+    "--allow",
+    multiple=True,
+    metavar="PEERID",
+    help="Another peer allowed to write to the folder (repeatable; the creator always is).",
+)
+@click.option("--join", "invite", default=None, metavar="INVITE", help="Join a folder by invite.")
+@click.option("--listen", multiple=True, type=MULTIADDR, help="Listen multiaddr (repeatable).")
+@click.option("--peer", "peers", multiple=True, type=MULTIADDR, help="Peer to dial (repeatable).")
+@click.option("--no-mdns", is_flag=True, default=False, help="No LAN discovery with mDNS.")
+@common_options
+def sync_command(
+    directory: Path,
+    folder_id: str | None,
+    allow: tuple[str, ...],
+    invite: str | None,
+    listen: tuple[Multiaddr, ...],
+    peers: tuple[Multiaddr, ...],
+    no_mdns: bool,
+) -> None:
+    """Keep DIR the same on every node of its folder until SIGINT/SIGTERM.
+
+    The first run creates the folder and prints a one-line invite (every run prints it); run
+    `fileshare sync DIR2 --join INVITE` on another node. Only allowed writers' changes are
+    applied by the others; a node not allowed to write only receives.
+    """
+    for addr in listen:
+        if not addrs.is_tcp(addr) or addrs.split_peer(addr)[1] is not None:
+            raise click.BadParameter(
+                f"{addr}: expected /ip4|ip6/<host>/tcp/<port>", param_hint="--listen"
+            )
+    directory.mkdir(parents=True, exist_ok=True)
+    directory = directory.resolve()
+    key = load_identity(options().repo)
+    me = PeerId.from_public_key(key.public_key())
+    config, created, invited = _resolve_config(directory, me, folder_id, allow, invite)
+    remembered = _remember_peers(directory, [*invited, *peers])
+    trio.run(_run_sync, directory, config, created, listen, remembered, not no_mdns)
+
+
+COMMANDS: list[click.Command] = [sync_command]
