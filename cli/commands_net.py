@@ -17,6 +17,7 @@ from multiaddr import Multiaddr
 
 from fileshare.content.cid import CID
 from fileshare.daemon import serve_daemon
+from fileshare.daemon.sync import SyncManager
 from fileshare.errors import DecodeError, FileshareError, NotFound, ProtocolError
 from fileshare.identity.keys import PrivateKey
 from fileshare.identity.peerid import PeerId
@@ -112,10 +113,12 @@ async def _run_daemon(
                     partial(serve_daemon, node, api=servers.api, gateway=servers.gateway)
                 )
                 served.api.default_stall_timeout = servers.stall_timeout
+                served.api.sync = sync = SyncManager(node)  # sync folders, resumed from the repo
+                await sync.resume()
+                node.write_daemon_info(served.info())  # before the lines: they mean "ready"
                 emit({"api": served.api_url}, f"api {served.api_url}")
                 if served.gateway_url is not None:
                     emit({"gateway": served.gateway_url}, f"gateway {served.gateway_url}")
-                node.write_daemon_info(served.info())
                 try:
                     for peer in peers:
                         node.nursery.start_soon(node.connect, peer)

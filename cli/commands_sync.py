@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -232,6 +233,8 @@ def sync_command(
             )
     directory.mkdir(parents=True, exist_ok=True)
     directory = directory.resolve()
+    if _hand_off(directory, folder_id, allow, invite, listen, peers, no_mdns):
+        return  # the daemon on this repository syncs it
     key = load_identity(options().repo)
     me = PeerId.from_public_key(key.public_key())
     config, created, invited = _resolve_config(directory, me, folder_id, allow, invite)
@@ -239,4 +242,112 @@ def sync_command(
     trio.run(_run_sync, directory, config, created, listen, remembered, not no_mdns)
 
 
-COMMANDS: list[click.Command] = [sync_command]
+# --- through the daemon: `sync DIR` hands off, `sync list`, `sync stop` ---------------------------
+
+
+def _hand_off(
+    directory: Path,
+    folder_id: str | None,
+    allow: tuple[str, ...],
+    invite: str | None,
+    listen: tuple[Multiaddr, ...],
+    peers: tuple[Multiaddr, ...],
+    no_mdns: bool,
+) -> bool:
+    """Give the folder to the daemon running on this repository, if any; True if it took it."""
+    from .commands_daemon import running_daemon
+
+    client = running_daemon()
+    if client is None:
+        return False
+    body: dict[str, Any] = {
+        "path": str(directory),
+        "join": invite,
+        "folder": folder_id,
+        "allow": list(allow),
+        "peers": [str(a) for a in _remember_peers(directory, list(peers))],
+    }
+    done = client.call("POST", "/sync/start", body)
+    emit({"event": "invite", "daemon": client.pid, **done}, str(done["invite"]))
+    if not options().json:
+        ignored = " (--listen and --no-mdns do not apply: the daemon's own settings do)"
+        click.echo(
+            f"the daemon (pid {client.pid}) syncs {directory} as folder {done['folder']}"
+            f"{ignored if listen or no_mdns else ''}; see `fileshare sync list`,"
+            f" stop with `fileshare sync stop {done['folder']}`",
+            err=True,
+        )
+    return True
+
+
+def _when(doc: Any) -> str:
+    if not isinstance(doc, dict) or not doc.get("at"):
+        return "-"
+    return time.strftime("%H:%M:%S", time.localtime(float(doc["at"])))
+
+
+@click.command("list")
+@common_options
+def sync_list_command() -> None:
+    """List the folders the daemon on this repository syncs."""
+    from .commands_daemon import running_daemon
+
+    client = running_daemon()
+    if client is None:
+        emit({"daemon": False, "folders": []}, "no daemon runs on this repository")
+        return
+    folders = client.call("GET", "/sync/list")["folders"]
+    lines = []
+    for f in folders:
+        stats = f.get("stats") or {}
+        lines.append(
+            f"{f['folder']}  {f['state']:<8} {f['path']}\n"
+            f"    {'writer' if f.get('writer') else 'read-only'}, {f.get('peers', 0)} peers,"
+            f" published {stats.get('published', 0)} (last {_when(f.get('last_published'))}),"
+            f" received {stats.get('received', 0)} (last {_when(f.get('last_received'))})"
+            + (f"\n    error: {f['error']}" if f.get("error") else "")
+        )
+    emit({"daemon": True, "folders": folders}, "\n".join(lines) or "no sync folders")
+
+
+@click.command("stop")
+@click.argument("folder")
+@common_options
+def sync_stop_command(folder: str) -> None:
+    """Stop syncing FOLDER (its id or its directory) in the daemon; the files stay."""
+    from .commands_daemon import running_daemon
+
+    client = running_daemon()
+    if client is None:
+        raise FileshareError("no daemon runs on this repository (an in-process sync stops with ^C)")
+    if os.sep in folder or folder in (".", ".."):
+        folder = str(Path(folder).expanduser().resolve())
+    done = client.call("POST", "/sync/stop", {"folder": folder})
+    emit(done, f"stopped {done['folder']} ({done['path']})")
+
+
+class SyncGroup(click.Group):
+    """`sync DIR ...` is short for `sync run DIR ...`; `sync list`, `sync stop FOLDER`."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ctx.help_option_names:
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group("sync", cls=SyncGroup, no_args_is_help=True)
+def sync_group() -> None:
+    """Keep a folder the same on several nodes: `fileshare sync DIR [OPTIONS]`.
+
+    `fileshare sync DIR` is short for `fileshare sync run DIR` (see `fileshare sync run --help`);
+    when `fileshare daemon` runs on the repository it takes the folder over (it prints the invite
+    and returns), else the folder syncs in this process until SIGINT/SIGTERM. A directory named
+    like a subcommand needs a path: `fileshare sync ./list`.
+    """
+
+
+sync_group.add_command(sync_command, "run")
+sync_group.add_command(sync_list_command)
+sync_group.add_command(sync_stop_command)
+
+COMMANDS: list[click.Command] = [sync_group]

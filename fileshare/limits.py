@@ -190,6 +190,7 @@ SYNC_PEER_POLL_INTERVAL = 0.25  # seconds between checks for peers newly subscri
 SYNC_FETCH_STALL_TIMEOUT = 30.0  # seconds without a block before a sync fetch gives up
 SYNC_FETCH_OVERHEAD = 1 * MIB  # bytes a file fetch may exceed its claimed size by (DAG nodes, in flight)
 SYNC_BATCH_FETCH_MIN = 16  # files to fetch from one snapshot above which its whole root DAG is fetched
+SYNC_REDIAL_INTERVAL = 5.0  # seconds between redials of a daemon sync folder's known peers
 
 # --- mDNS discovery (_p2p._udp.local, RFC 6762) ---
 MDNS_MAX_MESSAGE = 9000  # bytes in one mDNS datagram we accept (RFC 6762 s17 packet ceiling)

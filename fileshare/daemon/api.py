@@ -15,8 +15,10 @@ POST   /api/v0/fetch         ``{cid, out?, peers?, stall_timeout?, progress?}``
 POST   /api/v0/pin           ``{cid, name?}``
 POST   /api/v0/unpin         ``{cid}``
 POST   /api/v0/gc            ``{}``
-GET    /api/v0/sync/list     sync folders (501 when this daemon runs no sync service)
-POST   /api/v0/sync/stop     ``{folder}`` (501 likewise)
+GET    /api/v0/sync/list     ``{folders: [{folder, path, writers, state, ...}]}`` (501 without sync)
+POST   /api/v0/sync/start    ``{path, join?, folder?, allow?, peers?}``: run a sync folder; answers
+                             ``{folder, path, invite, created, peer_id, addrs}``
+POST   /api/v0/sync/stop     ``{folder}`` (a folder id or its path)
 =====  ====================  =============================================================
 
 ``add`` and ``fetch`` with ``"progress": true`` answer ``application/x-ndjson``: progress lines
@@ -35,11 +37,12 @@ import json
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 import trio
+from multiaddr import Multiaddr
 
 from ..content.cid import CID, CODEC_NAMES, HASH_NAMES
 from ..content.ingest import import_file
@@ -64,6 +67,16 @@ class SyncControl(Protocol):
     def list_folders(self) -> list[Json]: ...
 
     async def stop_folder(self, folder: str) -> Json: ...
+
+    async def start_folder(
+        self,
+        path: Path,
+        *,
+        join: str | None = None,
+        folder: str | None = None,
+        allow: Sequence[str] = (),
+        peers: Sequence[Multiaddr] = (),
+    ) -> Json: ...
 
 
 def status_for(exc: BaseException) -> int:
@@ -207,6 +220,7 @@ class Api:
             (post, "/gc"): self.gc,
             (get, "/sync/list"): self.sync_list,
             (post, "/sync/stop"): self.sync_stop,
+            (post, "/sync/start"): self.sync_start,
         }
 
     @property
@@ -387,6 +401,30 @@ class Api:
         if not folder:
             raise HTTPError(400, "folder is required")
         return json_response(await self.sync.stop_folder(folder))
+
+    async def sync_start(self, request: Request) -> Response:
+        if self.sync is None:
+            raise HTTPError(501, "this daemon runs no sync service")
+        body = request.json()
+        path = _abs_path(body, "path")
+        lists: dict[str, list[str]] = {}
+        for key in ("allow", "peers"):
+            value = body.get(key) or []
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise HTTPError(400, f"{key} must be a list of strings")
+            lists[key] = value
+        try:
+            peers = [addrs.parse(p) for p in lists["peers"]]
+        except DecodeError as exc:
+            raise HTTPError(400, f"invalid peer multiaddr: {exc}") from None
+        answer = await self.sync.start_folder(
+            path,
+            join=_str(body, "join") or None,
+            folder=_str(body, "folder") or None,
+            allow=lists["allow"],
+            peers=peers,
+        )
+        return json_response(answer)
 
 
 async def _job(progress: bool, run: Callable[[Sink | None], Awaitable[Json]]) -> Response:
