@@ -17,6 +17,7 @@ from multiaddr import Multiaddr
 
 from fileshare.content.cid import CID
 from fileshare.daemon import serve_daemon
+from fileshare.daemon.client import find_daemon
 from fileshare.daemon.sync import SyncManager
 from fileshare.errors import DecodeError, FileshareError, NotFound, ProtocolError
 from fileshare.identity.keys import PrivateKey
@@ -537,10 +538,17 @@ def providers_command(cid: str, peers: tuple[Multiaddr, ...], limit: int, timeou
 @click.command("peers")
 @common_options
 def peers_command() -> None:
-    """List the DHT routing table peers saved in this repository (by a daemon, every minute).
+    """List peers: the running daemon's live connections, else the DHT routing table it saved.
 
-    One peer per line: PeerId, then its multiaddrs; with --json also when it was last seen.
+    With a daemon on the repository: one connected peer per line (PeerId, then the address of the
+    connection). Without one: the routing table saved in the repository (a daemon saves it every
+    minute), PeerId then its multiaddrs; with --json also when it was last seen.
     """
+    client = find_daemon(options().repo)
+    if client is not None:
+        for row in client.call("GET", "/peers")["peers"]:
+            emit(row, f"{row['peer_id']} {row['addr']}")
+        return
     repo = Repo.open(options().repo)
     try:
         rows = repo.dht_peers(100_000)

@@ -232,6 +232,9 @@ def test_share_and_fetch_between_daemons(tmp_path: Path, daemons: list[Daemon]) 
     assert dest.read_bytes() == data
     peers = b.api_get("/peers").json()["peers"]
     assert any(p["peer_id"] in a.addr for p in peers)
+    # `fileshare peers` shows the daemon's live connections
+    listed = [json.loads(line) for line in _ok(b.run("--json", "peers")).splitlines()]
+    assert any(row["peer_id"] in a.addr for row in listed)
     assert b.stop()[0] == 0
     assert a.stop()[0] == 0
     _ok(b.run("verify"))
