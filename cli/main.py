@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 from typing import Any
 
 import click
 
 from fileshare.errors import FileshareError
 
-from .common import _store
+from .common import common_options
 
 
 class FileshareGroup(click.Group):
@@ -60,21 +59,10 @@ Shell completion: eval "$(_FILESHARE_COMPLETE=bash_source fileshare)"
 @click.group(
     cls=FileshareGroup, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]}
 )
-@click.option(
-    "--repo",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Node repository (blocks, identity, metadata). Env: FILESHARE_REPO.",
-)
-@click.option("--json", "as_json", is_flag=True, default=False, help="Machine-readable output.")
-@click.option("--debug", is_flag=True, default=False, help="Show tracebacks and debug logs.")
 @click.version_option(package_name="fileshare")
-@click.pass_context
-def cli(ctx: click.Context, repo: Path | None, as_json: bool, debug: bool) -> None:
+@common_options
+def cli() -> None:
     """Share and fetch files over a libp2p/IPFS-compatible peer-to-peer network."""
-    _store(ctx, "repo", repo)
-    _store(ctx, "json", as_json)
-    _store(ctx, "debug", debug)
 
 
 def _register() -> None:
