@@ -1,14 +1,19 @@
 """Fetch benchmarks: real `fileshare share` / `fileshare fetch` processes on 127.0.0.1.
 
 (a) one provider, one fetcher (two processes), --size bytes (default 1 GiB): our end-to-end MB/s
-    (fetch into the store + export to a file) beside raw one-stream MB/s of py-libp2p and of our
-    own stack (bench/stream.py's measurement, same run), and a Helia-to-Helia `unixfs.cat` of
-    --helia-size (default: --size) between two JS processes.
+    (process start, fetch into the store and the output file) beside raw one-stream MB/s of
+    py-libp2p and of our own stack (bench/stream.py's measurement, same run), and a Helia-to-Helia
+    `unixfs.cat` of --helia-size (default: --size) between two JS processes.
+    Fairness: one untimed warm-up fetch first (page cache and, on this VM, guest memory touched
+    once), then --runs timed fetches (each into a fresh repository, the previous one deleted);
+    the stream baselines run --runs times too, interleaved; medians are reported. With
+    --compare DIR the same fetches also run with the fileshare package of another source tree
+    (e.g. an export of the last commit), interleaved with ours, each with its own provider.
 (b) --multi-size bytes from 4 providers each capped at --cap bytes/s vs from 1 such provider:
     speedup (goal >= 3.5x) and duplicate bytes (goal < 1 %).
 (c) peak RSS of the fetcher for --rss-size bytes (default 4 GiB), output to /dev/null.
 
-    .venv/bin/python bench/fetch.py [--size 1GiB] [--skip a,b,c,helia,py]
+    .venv/bin/python bench/fetch.py [--size 1GiB] [--runs 3] [--skip a,b,c,helia,py] [--compare DIR]
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -47,6 +53,16 @@ def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "fileshare", *args]
 
 
+def proc_cpu(pid: int) -> float:
+    """User + system CPU seconds of a running process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
 def make_file(path: Path, size: int) -> Path:
     with path.open("wb") as f:
         for off in range(0, size, 8 * MIB):
@@ -57,11 +73,11 @@ def make_file(path: Path, size: int) -> Path:
 class Share:
     """`fileshare share` as a child process (imports first: import time is not measured)."""
 
-    def __init__(self, repo: Path, file: Path, *extra: str) -> None:
+    def __init__(self, repo: Path, file: Path, *extra: str, tree: Path = ROOT) -> None:
         argv = cli("--repo", str(repo), "--json", "share", str(file), "--listen", LOOPBACK)
         self.proc = subprocess.Popen(
             [*argv, *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
-            cwd=ROOT,
+            cwd=tree,
         )  # fmt: skip
         assert self.proc.stdout is not None
         first = self.proc.stdout.readline()
@@ -80,12 +96,17 @@ class Share:
                 self.proc.wait()
 
 
-def fetch(repo: Path, cid: str, out: str, peers: list[str]) -> tuple[dict[str, Any], float, int]:
-    """Run `fileshare fetch`; return (its result JSON, wall seconds, peak RSS bytes)."""
+def fetch(
+    repo: Path, cid: str, out: str, peers: list[str], tree: Path = ROOT
+) -> tuple[dict[str, Any], float, int]:
+    """Run `fileshare fetch`; return (its result JSON, wall seconds, peak RSS bytes).
+
+    The result also gets ``cpu``: the fetcher's user + system CPU seconds.
+    """
     argv = cli("--repo", str(repo), "--json", "fetch", cid, "-o", out)
     argv += [x for p in peers for x in ("--peer", p)]
     t0 = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV, cwd=ROOT)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV, cwd=tree)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     assert proc.stdout is not None and proc.stderr is not None
@@ -93,7 +114,9 @@ def fetch(repo: Path, cid: str, out: str, peers: list[str]) -> tuple[dict[str, A
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise RuntimeError(f"fetch failed ({proc.returncode}): {err_text[-2000:]}")
-    return json.loads(out_text.splitlines()[-1]), wall, usage.ru_maxrss * 1024
+    result = dict(json.loads(out_text.splitlines()[-1]))
+    result["cpu"] = usage.ru_utime + usage.ru_stime
+    return result, wall, usage.ru_maxrss * 1024
 
 
 def stream_bench() -> Any:
@@ -141,36 +164,75 @@ class JsPeer:
             self.proc.wait()
 
 
-def bench_one(work: Path, size: int, skip: set[str]) -> None:
-    print(f"(a) one provider, one fetcher, {size / MIB:.0f} MiB, default layout (blake3, 1 MiB)")
+def bench_one(work: Path, size: int, skip: set[str], runs: int, compare: Path | None) -> None:
+    print(
+        f"(a) one provider, one fetcher, {size / MIB:.0f} MiB, default layout (blake3, 1 MiB), "
+        f"1 warm-up + {runs} timed runs, load {os.getloadavg()[0]:.1f}"
+    )
     src = make_file(work / "a.bin", size)
-    share = Share(work / "a-prov", src)
+    trees = [("fileshare", ROOT)] + ([("compare", compare)] if compare is not None else [])
+    shares = {name: Share(work / f"a-prov-{name}", src, tree=tree) for name, tree in trees}
+    src.unlink()  # the providers' stores hold the blocks
+    figures: dict[str, dict[str, list[float]]] = {name: {} for name, _ in trees}
     try:
-        out = work / "a-out.bin"
-        result, wall, rss = fetch(work / "a-fetch", share.cid, str(out), [share.addr])
-        assert out.stat().st_size == size
-        print(
-            f"  fileshare fetch: {mb_s(size, wall):.0f} MB/s end to end ({wall:.2f} s: process "
-            f"start, fetch into the store, export to the file); network part "
-            f"{mb_s(size, result['seconds']):.0f} MB/s ({result['seconds']:.2f} s); "
-            f"peak RSS {rss / MIB:.0f} MiB",
-            flush=True,
-        )
-        out.unlink()
+        for run in range(runs + 1):
+            for name, tree in trees:
+                share = shares[name]
+                out = work / "a-out.bin"
+                repo = work / f"a-fetch-{name}"
+                cpu0 = proc_cpu(share.proc.pid)
+                result, wall, rss = fetch(repo, share.cid, str(out), [share.addr], tree)
+                provider_cpu = proc_cpu(share.proc.pid) - cpu0
+                assert out.stat().st_size == size
+                out.unlink()
+                shutil.rmtree(repo, ignore_errors=True)
+                label = "warm-up" if run == 0 else f"run {run}"
+                print(
+                    f"  [{label}] {name} fetch: {mb_s(size, wall):.0f} MB/s end to end "
+                    f"({wall:.2f} s: process start, fetch into the store and the file); network "
+                    f"part {mb_s(size, result['seconds']):.0f} MB/s ({result['seconds']:.2f} s); "
+                    f"CPU fetcher {result['cpu']:.2f} s, provider {provider_cpu:.2f} s; "
+                    f"peak RSS {rss / MIB:.0f} MiB; load {os.getloadavg()[0]:.1f}",
+                    flush=True,
+                )
+                if run:
+                    f = figures[name]
+                    f.setdefault("e2e", []).append(mb_s(size, wall))
+                    f.setdefault("net", []).append(mb_s(size, result["seconds"]))
+                    f.setdefault("cpu", []).append(result["cpu"])
+                    f.setdefault("pcpu", []).append(provider_cpu)
     finally:
-        share.stop()
-    shutil.rmtree(work / "a-fetch", ignore_errors=True)
-    shutil.rmtree(work / "a-prov", ignore_errors=True)
-    src.unlink()
+        for share in shares.values():
+            share.stop()
+        for name, _ in trees:
+            shutil.rmtree(work / f"a-prov-{name}", ignore_errors=True)
+    raw: dict[str, list[float]] = {}
     if "py" not in skip:
         stream = stream_bench()
-        for impl, name in (("py", "py-libp2p"), ("ours", "fileshare")):
-            res = stream.run_pair(impl, size, 1, 256 * 1024, None)
-            print(
-                f"  {name} raw one-stream (noise+yamux, no bitswap): "
-                f"{mb_s(size, res['elapsed']):.0f} MB/s",
-                flush=True,
-            )
+        for run in range(runs):
+            for impl, name in (("py", "py-libp2p"), ("ours", "fileshare")):
+                res = stream.run_pair(impl, size, 1, 256 * 1024, None)
+                raw.setdefault(name, []).append(mb_s(size, res["elapsed"]))
+                print(
+                    f"  [run {run + 1}] {name} raw one-stream (noise+yamux, no bitswap): "
+                    f"{raw[name][-1]:.0f} MB/s",
+                    flush=True,
+                )
+    print(f"  medians of {runs}:")
+    for name, _ in trees:
+        f = figures[name]
+        print(
+            f"    {name} fetch: {median(f['e2e']):.0f} MB/s end to end, network part "
+            f"{median(f['net']):.0f} MB/s; CPU fetcher {median(f['cpu']):.2f} s, provider "
+            f"{median(f['pcpu']):.2f} s ({mb_s(size, median(f['cpu'])):.0f} MB per fetcher "
+            "CPU second)",
+            flush=True,
+        )
+    for name, values in raw.items():
+        print(f"    {name} raw one-stream: {median(values):.0f} MB/s")
+    if "py-libp2p" in raw:
+        ratio = median(figures["fileshare"]["e2e"]) / median(raw["py-libp2p"])
+        print(f"    fileshare fetch end to end / py-libp2p raw stream: {ratio:.2f}x")
 
 
 def bench_helia(size: int) -> None:
@@ -248,13 +310,16 @@ def main() -> None:
     ap.add_argument("--rss-size", default="4GiB", help="(c) file size")
     ap.add_argument("--skip", default="", help="comma-separated: a,helia,py,b,c")
     ap.add_argument("--workdir", default=None, help="where files and repos go (default: a tmpdir)")
+    ap.add_argument("--runs", type=int, default=3, help="(a) timed runs after the warm-up")
+    ap.add_argument("--compare", default=None, help="(a) also fetch with this tree's fileshare")
     args = ap.parse_args()
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     print(f"cpus={os.cpu_count()} load={os.getloadavg()[0]:.1f} python={sys.version.split()[0]}")
     with tempfile.TemporaryDirectory(dir=args.workdir, prefix="fetch-bench-") as tmp:
         work = Path(tmp)
         if "a" not in skip:
-            bench_one(work, parse_size(args.size), skip)
+            compare = Path(args.compare).resolve() if args.compare else None
+            bench_one(work, parse_size(args.size), skip, max(1, args.runs), compare)
         if "helia" not in skip:
             bench_helia(parse_size(args.helia_size or args.size))
         if "b" not in skip:

@@ -6,14 +6,23 @@
    peers that connect meanwhile are probed too.
 3. The session fetches what is missing (blocks already in the store are never fetched again, so
    a fetch killed at any point resumes where it stopped) and writes each verified block.
-4. ``export_file`` writes the file from the store (verifying every block again) to a temporary
-   file and renames it; the root is pinned so ``gc`` keeps what was fetched.
+4. ``fetch_file`` writes the file to a temporary file next to the destination and renames it;
+   the root is pinned so ``gc`` keeps what was fetched. The file's bytes are written at their
+   offsets as the verified blocks arrive (the offsets come from the verified parent nodes, each
+   leaf's size is checked against its parent's blocksize). When that does not cover the whole
+   file (some blocks were already local, a subtree is used twice, the output is not a regular
+   file), ``export_file`` writes it from the store instead, verifying every block again.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
+import os
+import stat
 import time
+import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import aclosing, asynccontextmanager
@@ -24,13 +33,14 @@ from typing import TYPE_CHECKING, Any
 import trio
 from multiaddr import Multiaddr
 
+from .content.blockstore import NoSpace
 from .content.cid import CID, HASH_NAMES
 from .content.ingest import export_file
 from .content.reader import decode_block
 from .errors import FileshareError, NotFound
 from .identity.peerid import PeerId
 from .limits import DIAL_TIMEOUT
-from .protocols.bitswap.client import FetchSession
+from .protocols.bitswap.client import FetchSession, FileOutput
 from .protocols.bitswap.session import SessionConfig
 from .repo import LOCK_TIMEOUT, Pin, Repo, RepoBusy, RepoLock
 
@@ -226,16 +236,42 @@ async def fetch_blocks(
     config: SessionConfig | None = None,
 ) -> FetchResult:
     """Get every block of the DAG under ``root`` into the node's store (see module docstring)."""
+    result, _ = await _fetch_blocks(
+        node,
+        root,
+        peers=peers,
+        on_progress=on_progress,
+        progress_interval=progress_interval,
+        stall_timeout=stall_timeout,
+        config=config,
+        output=None,
+    )
+    return result
+
+
+async def _fetch_blocks(
+    node: Node,
+    root: CID,
+    *,
+    peers: Sequence[Multiaddr],
+    on_progress: ProgressCallback | None,
+    progress_interval: float,
+    stall_timeout: float,
+    config: SessionConfig | None,
+    output: FileOutput | None,
+) -> tuple[FetchResult, bool]:
+    """``fetch_blocks``, also writing the file's bytes into ``output``; True when those cover
+    the whole file."""
     started = trio.current_time()
     wall = time.monotonic()
     repo = node.repo
     status = await trio.to_thread.run_sync(repo.dag_status, [root])
     if status.complete:
-        return FetchResult(root, None, 0, time.monotonic() - wall, network=False)
+        return FetchResult(root, None, 0, time.monotonic() - wall, network=False), False
     lock = await _lock_shared(repo)
     try:
         async with (
-            node.bitswap.session(root, config) as fetch,
+            node.bitswap.session(root, config, output=output) as fetch,
             _first_error(),
             trio.open_nursery() as nursery,
         ):
@@ -279,6 +315,11 @@ async def fetch_blocks(
             stats = fetch.session.peer_stats()
             nursery.cancel_scope.cancel()
         p = fetch.session.progress()
+        streamed = (
+            output is not None
+            and fetch.session.parts_complete
+            and output.written == fetch.session.parts_bytes
+        )
     finally:
         lock.close()
     return FetchResult(
@@ -297,7 +338,7 @@ async def fetch_blocks(
         peers={str(k): s.bytes_received for k, s in stats.items() if s.bytes_received}
         | {str(k): 0 for k in fetch.dropped},
         dropped={str(k): v for k, v in fetch.dropped.items()},
-    )
+    ), streamed
 
 
 async def fetch_file(
@@ -321,20 +362,86 @@ async def fetch_file(
         raise FileshareError(f"{out} is a directory; give the path of the file to write")
     if not await trio.Path(out.parent if str(out.parent) else ".").is_dir():
         raise NotFound(f"directory {out.parent} does not exist")
-    result = await fetch_blocks(
-        node,
-        root,
-        peers=peers,
-        on_progress=on_progress,
-        progress_interval=progress_interval,
-        stall_timeout=stall_timeout,
-        config=config,
-    )
-    exported = await export_file(node.repo, root, out)
+    tmp = out.parent / f".{out.name}.{uuid.uuid4().hex[:12]}.part"
+    fd = await trio.to_thread.run_sync(_open_stream_output, out)
+    output = FileOutput(fd, str(out)) if fd is not None else None
+    try:
+        result, streamed = await _fetch_blocks(
+            node,
+            root,
+            peers=peers,
+            on_progress=on_progress,
+            progress_interval=progress_interval,
+            stall_timeout=stall_timeout,
+            config=config,
+            output=output,
+        )
+        if output is not None:
+            closing, output.fd = output.fd, -1
+            streamed = await trio.to_thread.run_sync(_finish_output, closing, tmp, out, streamed)
+    finally:
+        if output is not None and output.fd >= 0:
+            os.close(output.fd)
+    if streamed:
+        size = output.written if output is not None else 0
+    else:
+        log.debug("writing %s from the store (the fetched blocks did not cover the file)", out)
+        size = (await export_file(node.repo, root, out)).size
     if result.network and pin:
         await trio.to_thread.run_sync(_pin, node.repo, root, out.name, result.blocks_fetched
                                       + result.blocks_local)  # fmt: skip
-    return replace(result, path=out, size=exported.size)
+    return replace(result, path=out, size=size)
+
+
+def _open_stream_output(out: Path) -> int | None:
+    """An unnamed file (``O_TMPFILE``: nothing is left behind if we are killed) in ``out``'s
+    directory for the fetched bytes, or None: ``out`` is not a regular file (a device or pipe:
+    ``export_file`` writes it in order), or the file system or OS has no ``O_TMPFILE``."""
+    flag = getattr(os, "O_TMPFILE", 0)
+    if not flag or not os.path.isdir("/proc/self/fd"):
+        return None
+    try:
+        mode = os.stat(out).st_mode
+    except OSError:
+        mode = 0
+    if mode and not stat.S_ISREG(mode):
+        return None
+    try:
+        return os.open(out.parent, os.O_WRONLY | flag | os.O_CLOEXEC, 0o644)
+    except OSError:
+        return None  # export_file reports what is wrong with the destination
+
+
+def _finish_output(fd: int, tmp: Path, out: Path, streamed: bool) -> bool:
+    """Worker thread: a complete streamed file is fsynced, named ``tmp`` and renamed to ``out``;
+    False if it was not (``export_file`` writes the file then)."""
+    try:
+        try:
+            if streamed:
+                os.fsync(fd)
+                _link_fd(fd, tmp)
+        finally:
+            os.close(fd)
+        if streamed:
+            os.replace(tmp, out)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise NoSpace(f"no space left on device to write {out}") from exc
+        log.info("could not name the fetched file %s (%s): exporting it from the store", out, exc)
+        return False
+    return streamed
+
+
+def _link_fd(fd: int, path: Path) -> None:
+    """Give the unnamed file ``fd`` the name ``path`` (``linkat`` following /proc/self/fd)."""
+    root = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        # a dir fd makes os.link use linkat(), which follows the /proc symlink to the open file
+        os.link(f"/proc/self/fd/{fd}", os.path.abspath(path), src_dir_fd=root)
+    finally:
+        os.close(root)
 
 
 def _pin(repo: Repo, root: CID, name: str, blocks: int) -> None:

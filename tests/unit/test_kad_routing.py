@@ -426,3 +426,16 @@ def test_lookup_candidate_list_is_bounded() -> None:
     drive(lk, world)
     assert len(lk._by_id) <= max(40, lk.stats.queries)
     assert lk.result().closest[0].id == world.closest(pid(7), 1)[0]
+
+
+def test_shipped_preimage_table_is_correct() -> None:
+    """Every shipped refresh preimage hashes into its own 16-bit prefix (no search at run time)."""
+    import hashlib
+
+    from fileshare.protocols.kad import routing
+
+    counters = routing._load_preimage_counters()
+    assert counters is not None and len(counters) == 1 << 16
+    for prefix, counter in enumerate(counters):
+        digest = hashlib.sha256(routing._preimage(counter)).digest()
+        assert digest[0] << 8 | digest[1] == prefix

@@ -2,21 +2,23 @@
 
 ``FetchSession.pump()`` polls the session and carries out what it asks: wants go to the peers'
 outbound streams (through the ``BitswapService``), verified blocks are written to the store in a
-worker thread (then the server may answer wants that waited for them), local look-ups (resume)
-run in a worker thread. The service's inbound handlers feed the session and pump; ``run()`` adds
+worker thread (then the server may answer wants that waited for them), together with their file
+bytes into ``output`` when there is one, local look-ups (resume) run in a worker thread. The service's inbound handlers feed the session and pump; ``run()`` adds
 the timers (``next_deadline``), progress ticks and the stall timeout, and returns once every block
 is in the store.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
 import trio
 
-from ...content.blockstore import Blockstore
+from ...content.blockstore import Blockstore, NoSpace
 from ...content.cid import CID, RAW
 from ...errors import FileshareError, NotFound, VerificationError
 from ...identity.peerid import PeerId
@@ -26,7 +28,7 @@ from .session import CheckLocal, PeerDropped, SendWants, Session, SessionConfig,
 if TYPE_CHECKING:
     from .service import BitswapService
 
-__all__ = ["FetchSession", "FetchStalled"]
+__all__ = ["FetchSession", "FetchStalled", "FileOutput"]
 
 log = logging.getLogger("fileshare.protocols.bitswap.client")
 
@@ -35,6 +37,38 @@ _MAX_ROUNDS = 64  # poll rounds per pump (each CheckLocal answer allows one more
 
 class FetchStalled(FileshareError):
     """No block arrived for the stall timeout: no reachable provider serves what is missing."""
+
+
+class FileOutput:
+    """A regular file open for writing: the fetched file's bytes go to their offsets as the
+    verified blocks arrive (``written`` counts them)."""
+
+    def __init__(self, fd: int, name: str) -> None:
+        self.fd = fd
+        self.name = name
+        self.written = 0
+
+
+def _write_blocks(
+    blocks: Blockstore, stores: Sequence[StoreBlock], output: FileOutput | None
+) -> int:
+    """Worker thread: put verified blocks in the store and their file bytes in ``output``."""
+    blocks.put_many_sync([(s.cid, s.data) for s in stores], verified=True)
+    if output is None:
+        return 0
+    n = 0
+    try:
+        for s in stores:
+            for offset, data in s.parts:
+                view = memoryview(data)
+                while view:
+                    k = os.pwrite(output.fd, view, offset)
+                    view, offset, n = view[k:], offset + k, n + k
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise NoSpace(f"no space left on device to write {output.name}") from exc
+        raise
+    return n
 
 
 def _lookup(blocks: Blockstore, cids: Sequence[CID]) -> list[tuple[CID, bool, bytes | None]]:
@@ -61,10 +95,17 @@ def _lookup(blocks: Blockstore, cids: Sequence[CID]) -> list[tuple[CID, bool, by
 class FetchSession:
     """One fetch of the DAG under ``root``. Create it with ``BitswapService.session``."""
 
-    def __init__(self, service: BitswapService, root: CID, config: SessionConfig) -> None:
+    def __init__(
+        self,
+        service: BitswapService,
+        root: CID,
+        config: SessionConfig,
+        output: FileOutput | None = None,
+    ) -> None:
         self.service = service
         self.root = root
-        self.session: Session[PeerId] = Session(root, config=config)
+        self.output = output
+        self.session: Session[PeerId] = Session(root, config=config, file_parts=output is not None)
         self.accept_new_peers = True
         self.wanted: set[bytes] = set()  # multihashes we ever asked anyone for
         self.peers: set[PeerId] = set()
@@ -157,14 +198,17 @@ class FetchSession:
     async def _store(self, stores: list[StoreBlock]) -> None:
         self._writes += 1
         try:
-            batch = [(s.cid, s.data) for s in stores]
-            await self.service.blocks.put_many(batch, verified=True)
-        except FileshareError as exc:
-            self.error = exc
+            written = await trio.to_thread.run_sync(
+                _write_blocks, self.service.blocks, stores, self.output
+            )
+        except (FileshareError, OSError) as exc:
+            self.error = exc if isinstance(exc, FileshareError) else FileshareError(str(exc))
             return
         finally:
             self._writes -= 1
             self.wake()
+        if self.output is not None:
+            self.output.written += written
         self.blocks_written += len(stores)
         self.bytes_written += sum(len(s.data) for s in stores)
         self.last_block = trio.current_time()

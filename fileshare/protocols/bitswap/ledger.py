@@ -22,7 +22,8 @@ class Want:
     want_type: WantType
     send_dont_have: bool
     seq: int  # unique per (re)newed want; queue entries carrying another seq are stale
-    queued_size: int = 0  # block bytes queued for sending (0 when no block task is queued)
+    queued_size: int = 0  # block bytes queued for sending
+    queued: bool = False  # a block task is queued (an empty block has queued_size 0)
     parked: bool = False  # waiting for the block to arrive in our store
 
 

@@ -18,10 +18,21 @@ raises only ``DecodeError`` or ``LimitExceeded``. Fields at their proto3 default
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from enum import IntEnum
 
-from ...content.cid import CID, DAG_PB, DIGEST_SIZES, SHA2_256, encode_multihash, hash_digest
+import blake3
+
+from ...content.cid import (
+    BLAKE3,
+    CID,
+    DAG_PB,
+    DIGEST_SIZES,
+    SHA2_256,
+    encode_multihash,
+    hash_digest,
+)
 from ...errors import DecodeError, LimitExceeded
 from ...limits import (
     BITSWAP_MAX_BLOCKS_PER_MESSAGE,
@@ -114,8 +125,25 @@ class Prefix:
             raise DecodeError(
                 f"cannot hash a block with multihash 0x{self.hash_code:x}/{self.digest_length}"
             )
-        mh = encode_multihash(self.hash_code, hash_digest(self.hash_code, data))
+        mh = encode_multihash(self.hash_code, block_digest(self.hash_code, data))
         return CID(self.version, self.codec, mh)
+
+
+def block_digest(hash_code: int, data: bytes | bytearray | memoryview) -> bytes:
+    """``hash_digest`` for one block, on the calling thread only (blocks are hashed several at a
+    time in worker threads; blake3's own multithreading costs more than it gains there)."""
+    if hash_code == BLAKE3:
+        return blake3.blake3(data).digest()
+    if hash_code == SHA2_256:
+        return hashlib.sha256(data).digest()
+    return hash_digest(hash_code, data)
+
+
+def block_matches(cid: CID, data: bytes | bytearray | memoryview) -> bool:
+    """Whether ``data`` hashes to ``cid`` (like ``CID.matches``, single-threaded)."""
+    if cid.hash_code in (BLAKE3, SHA2_256):
+        return block_digest(cid.hash_code, data) == cid.digest
+    return cid.matches(data)
 
 
 V0_PREFIX = Prefix(0, DAG_PB, SHA2_256, 32)
@@ -213,32 +241,51 @@ def validate_message(msg: Message) -> None:
         raise DecodeError("pendingBytes outside int32")
 
 
-def encode_message(msg: Message) -> bytes:
-    """Serialize ``msg`` (no length prefix); raises ``LimitExceeded`` past any bitswap limit."""
+def _field_head(field: int, length: int) -> bytes:
+    return encode_varint(field << 3 | 2) + encode_varint(length)
+
+
+def _encode_parts(msg: Message) -> list[bytes]:
+    """The encoded message as pieces to join (block data is referenced, not copied)."""
     validate_message(msg)
-    w = Writer()
+    parts: list[bytes] = []
     if msg.wantlist is not None:
         wl = Writer()
         for entry in msg.wantlist.entries:
             wl.bytes(1, _encode_entry(entry))
         if msg.wantlist.full:
             wl.bool(2, True)
-        w.bytes(1, wl.finish())
+        parts.append(Writer().bytes(1, wl.finish()).finish())
     for block in msg.blocks:
-        w.bytes(2, block)
+        parts += (_field_head(2, len(block)), block)
     for p in msg.payload:
-        w.bytes(3, Writer().bytes(1, p.prefix.encode()).bytes(2, p.data).finish())
+        prefix = p.prefix.encode()
+        head = _field_head(1, len(prefix)) + prefix + _field_head(2, len(p.data))
+        parts += (_field_head(3, len(head) + len(p.data)), head, p.data)
+    tail = Writer()
     for presence in msg.presences:
         pw = Writer().bytes(1, presence.cid.encode())
         if presence.type:
             pw.uint(2, int(presence.type))
-        w.bytes(4, pw.finish())
+        tail.bytes(4, pw.finish())
     if msg.pending_bytes:
-        w.uint(5, msg.pending_bytes)
-    data = w.finish()
-    if len(data) > BITSWAP_MAX_MESSAGE:
-        raise LimitExceeded(f"bitswap message of {len(data)} bytes exceeds {BITSWAP_MAX_MESSAGE}")
-    return data
+        tail.uint(5, msg.pending_bytes)
+    parts.append(tail.finish())
+    size = sum(len(x) for x in parts)
+    if size > BITSWAP_MAX_MESSAGE:
+        raise LimitExceeded(f"bitswap message of {size} bytes exceeds {BITSWAP_MAX_MESSAGE}")
+    return parts
+
+
+def encode_message(msg: Message) -> bytes:
+    """Serialize ``msg`` (no length prefix); raises ``LimitExceeded`` past any bitswap limit."""
+    return b"".join(_encode_parts(msg))
+
+
+def encode_frame(msg: Message) -> bytes:
+    """``msg`` with its uvarint length prefix, as sent on a stream (one copy of the block data)."""
+    parts = _encode_parts(msg)
+    return b"".join([encode_varint(sum(len(x) for x in parts)), *parts])
 
 
 # --- decoding ---

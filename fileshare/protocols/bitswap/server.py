@@ -89,6 +89,10 @@ class Response(Generic[P]):
 
         A missing block becomes a DONT_HAVE when the peer asked for those (1.2.0).
         """
+        return encode_message(self.message(datas))
+
+    def message(self, datas: Sequence[bytes | None]) -> Message:
+        """``encode`` before the encoding: the ``Message`` to send."""
         if len(datas) != len(self.blocks):
             raise ValueError("one data item per response block expected")
         presences = list(self.presences)
@@ -102,13 +106,12 @@ class Response(Generic[P]):
                 legacy.append(data)
             else:
                 payload.append(Payload.of(block.cid, data))
-        msg = Message(
+        return Message(
             blocks=tuple(legacy),
             payload=tuple(payload),
             presences=tuple(presences),
             pending_bytes=self.pending_bytes if self.protocol == PROTOCOL_1_2_0 else 0,
         )
-        return encode_message(msg)
 
 
 class _PeerQueues:
@@ -229,7 +232,7 @@ class DecisionEngine(Generic[P]):
         while st.blocks:
             _, seq, cid = st.blocks[0]
             want = ledger.current(cid, seq)
-            if want is None or not want.queued_size:
+            if want is None or not want.queued:
                 heapq.heappop(st.blocks)
                 continue
             n = want.queued_size
@@ -266,6 +269,7 @@ class DecisionEngine(Generic[P]):
             size = self.store.size(want.cid)
             if size is not None and size <= MAX_BLOCK_SIZE:
                 want.queued_size = size
+                want.queued = True
                 st.pending_bytes += size
                 heapq.heappush(st.blocks, (*key, want.cid))
                 return
@@ -278,6 +282,7 @@ class DecisionEngine(Generic[P]):
         """Forget the queued work of a cancelled or replaced want (its heap entries go stale)."""
         st.pending_bytes -= want.queued_size
         want.queued_size = 0
+        want.queued = False
         self._unpark(peer, want)
 
     def _unpark(self, peer: P, want: Want) -> None:

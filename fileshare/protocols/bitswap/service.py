@@ -2,16 +2,17 @@
 
 Per connected peer we keep ONE outbound stream (a ``_Link``), opened on first need with the first
 of ``PROTOCOLS`` the peer accepts. Its writer task sends, in this order, our queued wants (from
-fetch sessions) and then our answers to the peer's wants, one response at a time: the blocks of a
-response are loaded (and verified) from the store in a worker thread just before it is sent, so
-memory holds at most one response per peer, whatever the file size.
+fetch sessions) and then our answers to the peer's wants. A loader task beside it loads (and
+verifies) the blocks of the next response from the store in a worker thread while the writer
+sends the previous one, so memory holds at most two responses per peer, whatever the file size.
 
 Inbound streams carry the peer's messages (uvarint-length-prefixed, at most
 ``BITSWAP_MAX_MESSAGE``); a message that does not decode closes that stream with a logged reason
-and counts against the peer in every session it serves. A message is handled completely (wants
-to the engine; payloads hashed, in a worker thread when large, and routed to the sessions that
-asked for them; blocks written) before the next is read, so a slow disk slows the sender through
-yamux flow control instead of filling memory.
+and counts against the peer in every session it serves. Wants and presences are handled before
+the next message is read. Payloads are hashed in a worker thread, routed to the sessions that
+asked for them and written, in a task of their own: up to ``_DELIVERIES`` messages per stream at
+once, then reading waits, so a slow disk slows the sender through yamux flow control instead of
+filling memory.
 
 A payload whose CID nobody wants is dropped; it counts as a bad block only against a peer we
 asked for blocks (in the sessions that asked it), since a peer serving corrupt data for a want
@@ -26,9 +27,12 @@ produces exactly such a payload.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import functools
 import logging
 import os
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
 
@@ -40,8 +44,8 @@ from ...errors import DecodeError, FileshareError, LimitExceeded, NotFound, Veri
 from ...identity.peerid import PeerId
 from ...limits import BITSWAP_MAX_MESSAGE, BITSWAP_MAX_WANTLIST_ENTRIES, KIB, NEGOTIATION_TIMEOUT
 from ...net.host import Connection, Host, NetStream
-from ...wire.protobuf import LengthPrefixedDecoder, length_prefixed
-from .client import FetchSession
+from ...wire.varint import try_decode_varint
+from .client import FetchSession, FileOutput
 from .messages import (
     PROTOCOL_1_2_0,
     PROTOCOLS,
@@ -50,8 +54,9 @@ from .messages import (
     Payload,
     WantEntry,
     Wantlist,
+    block_matches,
     decode_message,
-    encode_message,
+    encode_frame,
 )
 from .server import DecisionEngine, Response
 from .session import SessionConfig
@@ -62,6 +67,10 @@ log = logging.getLogger("fileshare.protocols.bitswap")
 
 _READ_CHUNK = 256 * KIB
 _HASH_INLINE = 64 * KIB  # payload bytes hashed on the trio thread; more go to a worker thread
+_DELIVERIES = 4  # messages with payloads being hashed/written per inbound stream at once
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (glibc malloc.h)
+_MMAP_THRESHOLD = 2 * BITSWAP_MAX_MESSAGE + 64 * KIB  # larger buffers are still mmapped
+_TRIM_THRESHOLD = 16 * 1024 * KIB  # free heap kept for reuse before it is given back
 # End game: copy a block to an idle peer only if it should arrive in under a quarter of the time
 # its holder still needs (the session's default, a half, cost ~2-6 % duplicate bytes across four
 # equally capped providers in bench/fetch.py; this keeps copies for really slow holders).
@@ -75,6 +84,24 @@ _STREAM_ERRORS = (
     EOFError,
     FileshareError,
 )
+
+
+@functools.cache
+def _keep_freed_memory() -> bool:
+    """Let glibc's malloc reuse freed block-sized buffers instead of unmapping them.
+
+    Every block passes through a few 1-4 MiB buffers. By default glibc serves those with mmap (or
+    trims them off the heap) and every reuse page-faults 256 fresh zeroed pages per MiB again: that
+    was most of a fetcher's system time (see bench/RESULTS.md). Buffers up to ``_MMAP_THRESHOLD``
+    now come from the heap and up to ``_TRIM_THRESHOLD`` of free heap is kept. No-op elsewhere.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    ok = int(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)) == 1
+    return int(mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)) == 1 and ok
 
 
 class _StoreView:
@@ -119,13 +146,73 @@ def _load_response(blocks: Blockstore, resp: Response[PeerId]) -> bytes:
     datas: list[bytes | None] = []
     for cid in resp.cids:
         try:
-            datas.append(blocks.get_sync(cid, verify=True))
+            data = blocks.get_sync(cid, verify=False)
+            if not block_matches(cid, data):
+                raise VerificationError(f"block {cid} is corrupt in the store")
+            datas.append(data)
         except NotFound:
             datas.append(None)
         except VerificationError as exc:
             log.warning("not serving %s: %s", cid, exc)
             datas.append(None)
-    return length_prefixed(resp.encode(datas))
+    return encode_frame(resp.message(datas))
+
+
+class _FrameReader:
+    """Splits a stream into uvarint-length-prefixed messages, copying each body once.
+
+    A declared length over ``max_size`` raises ``LimitExceeded`` before the body is buffered.
+    """
+
+    def __init__(self, max_size: int) -> None:
+        self.max_size = max_size
+        self._chunks: deque[memoryview] = deque()
+        self._have = 0
+        self._need: int | None = None
+
+    def feed(self, data: bytes) -> list[bytes]:
+        if data:
+            self._chunks.append(memoryview(data))
+            self._have += len(data)
+        out: list[bytes] = []
+        while True:
+            if self._need is None:
+                if not self._have:
+                    break
+                first = self._chunks[0]
+                if len(first) < 10 and len(self._chunks) > 1:
+                    first = memoryview(b"".join(self._chunks))  # a header split across chunks
+                    self._chunks.clear()
+                    self._chunks.append(first)
+                head = try_decode_varint(first)
+                if head is None:
+                    break
+                length, pos = head
+                if length > self.max_size:
+                    raise LimitExceeded(f"message of {length} bytes exceeds limit {self.max_size}")
+                self._chunks[0] = first[pos:]
+                self._have -= pos
+                self._need = length
+            need = self._need
+            if self._have < need:
+                break
+            pieces: list[memoryview] = []
+            left = need
+            while left:
+                chunk = self._chunks[0]
+                if len(chunk) <= left:
+                    pieces.append(self._chunks.popleft())
+                    left -= len(chunk)
+                else:
+                    pieces.append(chunk[:left])
+                    self._chunks[0] = chunk[left:]
+                    left = 0
+            while self._chunks and not self._chunks[0]:
+                self._chunks.popleft()
+            out.append(b"".join(pieces))
+            self._have -= need
+            self._need = None
+        return out
 
 
 def _payload_cids(payloads: Sequence[Payload]) -> list[CID | None]:
@@ -146,7 +233,10 @@ class _Link:
         self.peer = peer
         self.conn = conn
         self.wants: list[WantEntry] = []
-        self.wake = trio.Event()
+        self.wake = trio.Event()  # for the writer: wants queued or a response loaded
+        self.work = trio.Event()  # for the loader: the engine may have work, or the slot is free
+        self.frame: bytes | None = None  # the next loaded response, waiting for the writer
+        self.error: BaseException | None = None  # why the loader stopped (the writer raises it)
         self.ready = trio.Event()  # set once the stream is open (or could not be opened)
         self.protocol: str | None = None
         self.closed = False
@@ -154,6 +244,7 @@ class _Link:
 
     def kick(self) -> None:
         self.wake.set()
+        self.work.set()
 
 
 class BitswapService:
@@ -173,6 +264,7 @@ class BitswapService:
         self.host = host
         self.blocks = blocks
         self.send_rate = send_rate
+        _keep_freed_memory()
         self.session_config = session_config or SessionConfig(endgame_margin=ENDGAME_MARGIN)
         self.stats: Counter[str] = Counter()
         self._view = _StoreView(blocks)
@@ -190,11 +282,17 @@ class BitswapService:
 
     @asynccontextmanager
     async def session(
-        self, root: CID, config: SessionConfig | None = None, *, accept_new_peers: bool = True
+        self,
+        root: CID,
+        config: SessionConfig | None = None,
+        *,
+        accept_new_peers: bool = True,
+        output: FileOutput | None = None,
     ) -> AsyncIterator[FetchSession]:
         """A fetch session for the DAG under ``root``; ``accept_new_peers`` adds every peer that
-        connects meanwhile (probed with want-have)."""
-        fetch = FetchSession(self, root, config or self.session_config)
+        connects meanwhile (probed with want-have); ``output`` gets the file's bytes as verified
+        blocks arrive (see ``FetchSession.output``)."""
+        fetch = FetchSession(self, root, config or self.session_config, output)
         fetch.accept_new_peers = accept_new_peers
         self._sessions.append(fetch)
         try:
@@ -313,29 +411,61 @@ class BitswapService:
                 self.host.nursery.start_soon(self._peer_gone, link.peer)
 
     async def _write_loop(self, link: _Link, stream: NetStream) -> None:
-        peer = link.peer
+        ended: BaseException | None = None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._load_loop, link)
+            try:
+                await self._send_loop(link, stream)
+            except _STREAM_ERRORS as exc:
+                ended = exc  # re-raised outside the nursery, as itself (not in a group)
+            nursery.cancel_scope.cancel()
+        if ended is not None:
+            raise ended
+
+    async def _send_loop(self, link: _Link, stream: NetStream) -> None:
         while True:
+            if link.error is not None:
+                raise link.error
             if link.wants:
                 entries = link.wants[:BITSWAP_MAX_WANTLIST_ENTRIES]
                 del link.wants[:BITSWAP_MAX_WANTLIST_ENTRIES]
-                frame = length_prefixed(encode_message(Message(wantlist=Wantlist(tuple(entries)))))
-                await stream.send_all(frame)
+                await stream.send_all(encode_frame(Message(wantlist=Wantlist(tuple(entries)))))
                 self.stats["want_messages_sent"] += 1
                 continue
-            if self.send_rate is not None and trio.current_time() < self._send_at:
-                # rate cap: wait before committing to a response, so cancels still count
-                await trio.sleep_until(self._send_at)
-                continue
-            resp = self.engine.next_response(peer)
-            if resp is not None:
-                frame = await trio.to_thread.run_sync(_load_response, self.blocks, resp)
-                self._charge(len(frame))
+            if link.frame is not None:
+                frame, link.frame = link.frame, None
+                link.work.set()  # the slot is free: load the next one meanwhile
                 await stream.send_all(frame)
                 self.stats["responses_sent"] += 1
                 self.stats["response_bytes_sent"] += len(frame)
                 continue
             await link.wake.wait()
             link.wake = trio.Event()
+
+    async def _load_loop(self, link: _Link) -> None:
+        """Load the peer's next response while the writer sends the previous one."""
+        try:
+            await self._load_responses(link)
+        except _STREAM_ERRORS as exc:
+            link.error = exc
+            link.wake.set()
+
+    async def _load_responses(self, link: _Link) -> None:
+        while True:
+            if link.frame is None:
+                if self.send_rate is not None and trio.current_time() < self._send_at:
+                    # rate cap: wait before committing to a response, so cancels still count
+                    await trio.sleep_until(self._send_at)
+                    continue
+                resp = self.engine.next_response(link.peer)
+                if resp is not None:
+                    frame = await trio.to_thread.run_sync(_load_response, self.blocks, resp)
+                    self._charge(len(frame))
+                    link.frame = frame
+                    link.wake.set()
+                    continue
+            await link.work.wait()
+            link.work = trio.Event()
 
     def _charge(self, nbytes: int) -> None:
         """Rate cap: the next response waits until these bytes are paid for at ``send_rate``."""
@@ -347,16 +477,30 @@ class BitswapService:
     async def _handle_inbound(self, stream: NetStream, conn: Connection) -> None:
         peer = conn.remote_peer
         protocol = stream.protocol or PROTOCOL_1_2_0
-        decoder = LengthPrefixedDecoder(BITSWAP_MAX_MESSAGE)
+        ended: BaseException | None = None
+        async with trio.open_nursery() as nursery:  # payloads being hashed and written
+            try:
+                await self._read_messages(stream, peer, protocol, nursery)
+            except _STREAM_ERRORS as exc:
+                ended = exc  # raised once the deliveries are done (the host logs and resets)
+        if ended is not None:
+            raise ended
+
+    async def _read_messages(
+        self, stream: NetStream, peer: PeerId, protocol: str, nursery: trio.Nursery
+    ) -> None:
+        reader = _FrameReader(BITSWAP_MAX_MESSAGE)
+        deliveries = trio.Semaphore(_DELIVERIES)
         while True:
             data = await stream.receive_some(_READ_CHUNK)
             if not data:
                 return
             try:
-                frames = decoder.feed(data)
-            except LimitExceeded as exc:
+                frames = reader.feed(data)
+            except (DecodeError, LimitExceeded) as exc:
                 await self._bad_stream(stream, peer, exc)
                 return
+            del data
             for frame in frames:
                 try:
                     msg = decode_message(frame)
@@ -364,7 +508,20 @@ class BitswapService:
                     await self._bad_stream(stream, peer, exc)
                     return
                 del frame
-                await self._on_message(peer, msg, protocol)
+                payloads = await self._on_message(peer, msg, protocol)
+                del msg
+                if payloads:
+                    await deliveries.acquire()
+                    nursery.start_soon(self._deliver_payloads, peer, payloads, deliveries)
+                del payloads
+
+    async def _deliver_payloads(
+        self, peer: PeerId, payloads: list[Payload], done: trio.Semaphore
+    ) -> None:
+        try:
+            await self._deliver(peer, (), payloads)
+        finally:
+            done.release()
 
     async def _bad_stream(self, stream: NetStream, peer: PeerId, exc: Exception) -> None:
         self.stats["bad_messages"] += 1
@@ -377,7 +534,8 @@ class BitswapService:
                 await fetch.pump()
                 fetch.wake()
 
-    async def _on_message(self, peer: PeerId, msg: Message, protocol: str) -> None:
+    async def _on_message(self, peer: PeerId, msg: Message, protocol: str) -> list[Payload]:
+        """Handle wants and presences; return the payloads (for ``_deliver``)."""
         self.stats["messages_received"] += 1
         if msg.wantlist is not None and msg.wantlist.entries:
             cids = [e.cid for e in msg.wantlist.entries if not e.cancel]
@@ -390,9 +548,9 @@ class BitswapService:
                     link.kick()
         elif msg.wantlist is not None or msg.payload or msg.blocks:
             self.engine.receive(peer, msg, protocol)
-        payloads = msg.all_payloads()
-        if msg.presences or payloads:
-            await self._deliver(peer, msg.presences, payloads)
+        if msg.presences:
+            await self._deliver(peer, msg.presences, [])
+        return msg.all_payloads()
 
     async def _deliver(
         self, peer: PeerId, presences: Sequence[BlockPresence], payloads: list[Payload]

@@ -29,7 +29,7 @@ from typing import Generic, TypeVar
 
 from ... import limits
 from ...content.cid import CID, RAW
-from ...content.reader import decode_block
+from ...content.reader import Node, decode_block
 from ...errors import DecodeError, FileshareError
 from .messages import INT32_MAX, BlockPresence, Message, PresenceType, WantEntry, Wantlist, WantType
 
@@ -47,6 +47,7 @@ class SessionConfig:
     max_window: int = limits.BITSWAP_MAX_WINDOW
     min_window: int = 1
     queue_target: float = limits.BITSWAP_QUEUE_TARGET  # seconds of throughput in flight
+    refill_fraction: float = 0.125  # top a window up once this much of it is free (batched wants)
     rate_interval: float = 0.05  # busy seconds per throughput sample
     idle_timeout: float = limits.BITSWAP_PEER_IDLE_TIMEOUT
     max_strikes: int = limits.BITSWAP_MAX_STRIKES
@@ -72,10 +73,15 @@ class SendWants(Generic[P]):
 
 @dataclass(frozen=True, slots=True)
 class StoreBlock:
-    """A verified block: persist it (it will not be offered again)."""
+    """A verified block: persist it (it will not be offered again).
+
+    ``parts``: with ``file_parts``, the file bytes this block holds as ``(offset, bytes)`` (a block
+    used at several places in the file appears once per place).
+    """
 
     cid: CID
     data: bytes
+    parts: tuple[tuple[int, bytes], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +142,8 @@ class _Block:
     state: int = _UNCHECKED
     holders: list[Hashable] = field(default_factory=list)
     priority: int = 0
+    offsets: list[int] | None = None  # file_parts: where its content goes in the file
+    expect: int | None = None  # file_parts: content bytes its parent says it holds
 
 
 @dataclass(slots=True, eq=False)
@@ -166,9 +174,16 @@ class _Peer(Generic[P]):
 class Session(Generic[P]):
     """Fetches the DAG under ``root``; see the module docstring for the protocol."""
 
-    def __init__(self, root: CID, *, config: SessionConfig | None = None) -> None:
+    def __init__(
+        self, root: CID, *, config: SessionConfig | None = None, file_parts: bool = False
+    ) -> None:
         self.root = root
         self.config = config or SessionConfig()
+        # file_parts: ``StoreBlock.parts`` place each fetched block's file bytes; ``parts_complete``
+        # says whether the parts of this session cover the whole file (see the property)
+        self.file_parts = file_parts
+        self._parts_ok = file_parts
+        self.parts_bytes = 0
         self.error: FileshareError | None = None
         self._blocks: dict[bytes, _Block] = {}
         self._done: set[bytes] = set()
@@ -185,7 +200,7 @@ class Session(Generic[P]):
         self._finished = False
         self._c = dict.fromkeys(_COUNTERS, 0)
         self.file_size: int | None = None
-        self._discover(root, 0, None)
+        self._discover(root, 0, None, 0 if file_parts else None)
 
     # --- peers ---
     def add_peer(
@@ -271,7 +286,6 @@ class Session(Generic[P]):
                 other.outbox.append(WantEntry(block.cid, cancel=True))
         n = len(data)
         self._avg_block = n if self._avg_block is None else 0.9 * self._avg_block + 0.1 * n
-        self._actions.append(StoreBlock(block.cid, data))
         self._complete(block, data, p)
 
     def report_bad(self, peer: P, now: float) -> None:
@@ -350,9 +364,16 @@ class Session(Generic[P]):
         }  # fmt: skip
 
     # --- DAG bookkeeping ---
-    def _discover(self, cid: CID, depth: int, size_hint: int | None) -> None:
+    def _discover(
+        self, cid: CID, depth: int, size_hint: int | None, offset: int | None = None
+    ) -> None:
         mh = cid.multihash
         if mh in self._done or mh in self._blocks:
+            known = self._blocks.get(mh)
+            if offset is not None and known is not None and known.offsets is not None:
+                known.offsets.append(offset)  # the same block at another place in the file
+            elif offset is not None:
+                self._parts_ok = False  # its bytes went by already: the file is not covered
             return
         if depth > self.config.max_depth:
             self.error = DecodeError(
@@ -360,6 +381,8 @@ class Session(Generic[P]):
             )
             return
         block = self._blocks[mh] = _Block(cid, depth, size_hint)
+        if offset is not None:
+            block.offsets = [offset]
         if self.config.check_local:
             self._unchecked.append(mh)
         else:
@@ -376,21 +399,72 @@ class Session(Generic[P]):
         if peer is None:
             self._c["blocks_local"] += 1
             self._c["bytes_local"] += size
-        if block.cid.codec == RAW or data is None:
+        node = None
+        if block.cid.codec != RAW and data is not None:
+            try:
+                node = decode_block(block.cid, data)
+            except DecodeError as exc:
+                self.error = exc
+                return
+        parts: tuple[tuple[int, bytes], ...] = ()
+        if block.offsets is not None:
+            parts = self._parts(block, data, node, peer is not None)
+        if peer is not None and data is not None:
+            self._actions.append(StoreBlock(block.cid, data, parts))
+        if node is None:
             self._c["file_bytes_done"] += size if block.cid.codec == RAW else 0
-            return
-        try:
-            node = decode_block(block.cid, data)
-        except DecodeError as exc:
-            self.error = exc
             return
         if block.depth == 0 and node.kind == "file":
             self.file_size = node.filesize
         self._c["file_bytes_done"] += len(node.data) if node.kind == "file" else 0
+        base = len(node.data)
         for i, link in enumerate(node.links):
             # a raw leaf's size is its blocksize; a dag-pb link's Tsize covers its whole subtree
             raw = link.hash.codec == RAW and node.kind == "file" and i < len(node.blocksizes)
-            self._discover(link.hash, block.depth + 1, node.blocksizes[i] if raw else None)
+            offset = None
+            if block.offsets is not None and self._parts_ok and len(block.offsets) == 1:
+                offset = block.offsets[0] + base
+            elif block.offsets is not None:
+                self._parts_ok = False  # a subtree used twice: export from the store instead
+            self._discover(link.hash, block.depth + 1, node.blocksizes[i] if raw else None, offset)
+            child = self._blocks.get(link.hash.multihash)
+            if offset is not None and child is not None and child.offsets is not None:
+                expect = node.blocksizes[i]
+                if child.expect not in (None, expect):
+                    self._parts_ok = False
+                child.expect = expect
+            if i < len(node.blocksizes):
+                base += node.blocksizes[i]
+
+    def _parts(
+        self, block: _Block, data: bytes | None, node: Node | None, fetched: bool
+    ) -> tuple[tuple[int, bytes], ...]:
+        """Where ``block``'s file bytes go; clears ``_parts_ok`` if it does not fit the file."""
+        assert block.offsets is not None
+        if node is None:
+            content, size = data, (len(data) if data is not None else block.size_hint)
+        elif node.kind == "file":
+            content, size = node.data, node.filesize
+        else:
+            self._parts_ok = False  # not a file: nothing to place
+            return ()
+        if block.expect is not None and size != block.expect:
+            self._parts_ok = False  # the export reports the inconsistent DAG
+            return ()
+        if not content:
+            return ()
+        if not fetched:
+            self._parts_ok = False  # found locally: its bytes are not handed out here
+            return ()
+        self.parts_bytes += len(content) * len(block.offsets)
+        return tuple((off, content) for off in block.offsets)
+
+    @property
+    def parts_complete(self) -> bool:
+        """``file_parts`` and done, and the parts handed out cover the whole file exactly once."""
+        if not (self._parts_ok and self.done):
+            return False
+        return self.file_size is None or self.parts_bytes == self.file_size
 
     def _has_pending(self) -> bool:
         while self._pending:
@@ -506,6 +580,10 @@ class Session(Generic[P]):
             w = math.ceil(p.rate * span / max(self._avg_block, 1.0))
         return max(cfg.min_window, min(w, p.cap, cfg.max_window))
 
+    def _refill(self, p: _Peer[P]) -> int:
+        """Free window slots a peer needs before it is sent more wants (one message for several)."""
+        return max(1, int(self._window(p) * self.config.refill_fraction))
+
     def _eta(self, p: _Peer[P], size: int) -> float:
         """Seconds until ``p`` would deliver one more block of ``size`` bytes."""
         rate = p.rate or min(self._prior_rate, 1e12)  # unmeasured: ordered by load
@@ -533,7 +611,7 @@ class Session(Generic[P]):
     # --- scheduling ---
     def _assign(self, now: float) -> None:
         active = [p for p in self._peers.values() if p.active]
-        free = [p for p in active if len(p.out) < self._window(p)]
+        free = [p for p in active if len(p.out) <= self._window(p) - self._refill(p)]
         deferred: list[bytes] = []
         scanned = 0
         while free and scanned < _SCAN_LIMIT and self._has_pending():

@@ -22,6 +22,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 from functools import lru_cache
+from importlib import resources
 from ipaddress import IPv4Address, IPv6Address
 
 from ...errors import DecodeError
@@ -110,22 +111,45 @@ _PREFIX_BITS = 16
 _prefix_table: list[bytes] = []
 
 
+def _preimage(counter: int) -> bytes:
+    return b"\x12\x20" + counter.to_bytes(32, "big")
+
+
+def compute_preimage_counters() -> list[int]:
+    """For every 16-bit prefix, the smallest counter whose key's sha256 starts with that prefix.
+
+    About 760,000 sha256 calls (half a CPU-second or more), which is why the result ships with the
+    package as ``preimages.bin`` (3 bytes per prefix) and this only runs if that file is missing.
+    """
+    table: list[int | None] = [None] * (1 << _PREFIX_BITS)
+    missing = len(table)
+    counter = 0
+    sha = hashlib.sha256
+    while missing:
+        digest = sha(_preimage(counter)).digest()
+        slot = digest[0] << 8 | digest[1]
+        if table[slot] is None:
+            table[slot] = counter
+            missing -= 1
+        counter += 1
+    return [c for c in table if c is not None]
+
+
+def _load_preimage_counters() -> list[int] | None:
+    try:
+        data = (resources.files(__package__) / "preimages.bin").read_bytes()
+    except (OSError, TypeError):
+        return None
+    if len(data) != 3 << _PREFIX_BITS:
+        return None
+    return [int.from_bytes(data[i : i + 3], "big") for i in range(0, len(data), 3)]
+
+
 def _preimages() -> list[bytes]:
     """For every 16-bit prefix, a sha256-multihash-shaped key whose kad key starts with it."""
     if not _prefix_table:
-        table: list[bytes | None] = [None] * (1 << _PREFIX_BITS)
-        missing = len(table)
-        counter = 0
-        sha = hashlib.sha256
-        while missing:
-            pre = b"\x12\x20" + counter.to_bytes(32, "big")
-            digest = sha(pre).digest()
-            slot = digest[0] << 8 | digest[1]
-            if table[slot] is None:
-                table[slot] = pre
-                missing -= 1
-            counter += 1
-        _prefix_table.extend(p for p in table if p is not None)
+        counters = _load_preimage_counters() or compute_preimage_counters()
+        _prefix_table.extend(_preimage(c) for c in counters)
     return _prefix_table
 
 
