@@ -294,3 +294,30 @@ async def test_fetch_errors(tmp_path: Path) -> None:
         assert run.returncode == 1 and "no provider is reachable" in run.stderr, (dead, run)
     finally:
         await share.stop(signal.SIGKILL)
+
+
+@pytest.mark.parametrize(
+    ("content", "share_args"),
+    [
+        (b"", ()),  # the empty file: one empty raw block
+        (
+            b"0123456789abcdef" * 64 * 3000,
+            ("--chunk-size", "1KiB"),
+        ),  # one leaf CID linked 3000 times
+        (b"x" * (2 * MIB) + b"tail", ()),  # two identical 1 MiB leaves and a short one
+    ],
+    ids=["empty", "repeated-leaf-2-levels", "repeated-1MiB-leaves"],
+)
+async def test_share_then_fetch_special_shapes(
+    tmp_path: Path, content: bytes, share_args: tuple[str, ...]
+) -> None:
+    src = tmp_path / "src.bin"
+    src.write_bytes(content)
+    share = await start_share(tmp_path / "a", src, *share_args)
+    try:
+        out = tmp_path / "out.bin"
+        result = check_ok(await run_fetch(tmp_path / "b", share.cid, out, [share.addr]), src, out)
+        assert result["bad_blocks"] == 0
+        assert out.read_bytes() == content
+    finally:
+        await share.stop(signal.SIGKILL)
