@@ -7,7 +7,7 @@
 (c) initial sync of 10,000 files of 1 KB in 100 directories to a fresh peer (a new node joining
     by invite): from its process start until it has every file; medians of --runs fresh peers.
 
-    .venv/bin/python bench/sync.py [--runs 5] [--skip a,b,c] [--gib]
+    .venv/bin/python bench/sync.py [--runs 5] [--skip a,b,c] [--gib] [--files 10000]
 """
 
 from __future__ import annotations
@@ -48,7 +48,9 @@ def cli(*args: str) -> list[str]:
 class Sync:
     """A `fileshare --json sync` process; events collected by a thread."""
 
-    def __init__(self, repo: Path, folder: Path, *args: str, wait_ready: bool = True) -> None:
+    def __init__(
+        self, repo: Path, folder: Path, *args: str, wait_ready: bool = True, spy: str = ""
+    ) -> None:
         self.events: list[dict[str, Any]] = []
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
@@ -56,6 +58,13 @@ class Sync:
                 "--no-mdns", *args),
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT, env=ENV,
         )  # fmt: skip
+        self.spy: subprocess.Popen[bytes] | None = None
+        if spy:  # py-spy attached to the process; writes its profile when the process exits
+            self.spy = subprocess.Popen(
+                [str(Path(sys.executable).parent / "py-spy"), "record", "-f", "raw", "-r", "100",
+                 "--threads", "-o", spy, "--pid", str(self.proc.pid)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
         threading.Thread(target=self._read, daemon=True).start()
         if wait_ready:
             self.wait(lambda e: e["event"] == "ready", 600)
@@ -86,6 +95,18 @@ class Sync:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        if self.spy is not None:
+            self.spy.wait(timeout=60)
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds a process has used so far (Linux /proc; zeros elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0, 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def peer_id(repo: Path) -> str:
@@ -148,8 +169,14 @@ def bench_latency(base: Path, runs: int, sizes: list[tuple[str, int]]) -> dict[s
                 t0 = put(base, base / "A" / name, size if size > 4096 else os.urandom(size))
                 t1 = wait_file([base / "B" / name, base / "C" / name], size, 300)
                 times.append(t1 - t0)
-                print(f"  {label} run {i + 1}: {t1 - t0:.3f} s", flush=True)
-                time.sleep(0.5)
+                time.sleep(0.5)  # let the "received" event arrive (not timed)
+                got = [e for e in b.events if e["event"] == "received" and name in e["written"]]
+                phases = (
+                    f" (B's receive: {got[-1]['seconds']} s, {got[-1].get('phases')})"
+                    if got
+                    else ""
+                )
+                print(f"  {label} run {i + 1}: {t1 - t0:.3f} s{phases}", flush=True)
             out[label] = times
         src = base / "A" / "100MiB-0.bin"
         if src.exists():
@@ -177,7 +204,10 @@ def bench_latency(base: Path, runs: int, sizes: list[tuple[str, int]]) -> dict[s
     return out
 
 
-def bench_initial(base: Path, runs: int, files: int = 10_000, dirs: int = 100) -> list[float]:
+def bench_initial(
+    base: Path, runs: int, files: int = 10_000, dirs: int = 100, spy: str = ""
+) -> list[float]:
+    """Initial sync to fresh peers; also prints the source's own scan + import + publish time."""
     src = base / "S"
     per = files // dirs
     for d in range(dirs):
@@ -186,14 +216,18 @@ def bench_initial(base: Path, runs: int, files: int = 10_000, dirs: int = 100) -
             (src / f"d{d:03}" / f"f{f:03}.txt").write_bytes(
                 os.urandom(1000) + b"%06d" % (d * per + f)
             )
-    a = Sync(base / "repo_s", src)
+    a = Sync(base / "repo_s", src, spy=f"{spy}.source" if spy else "")
     times: list[float] = []
     try:
         a.wait(lambda e: e["event"] == "published" and e["files"] >= files, 600)
+        print(f"  source: scan + import + publish of {files} files {time.monotonic() - a.started:.3f} s "
+              "from process start", flush=True)  # fmt: skip
         for i in range(runs):
             dst = base / f"fresh{i}"
             t0 = time.monotonic()
-            fresh = Sync(base / f"repo_fresh{i}", dst, "--join", a.invite, wait_ready=False)
+            source_cpu = cpu_seconds(a.proc.pid)
+            fresh = Sync(base / f"repo_fresh{i}", dst, "--join", a.invite, wait_ready=False,
+                         spy=f"{spy}.fresh{i}" if spy else "")  # fmt: skip
             last = dst / f"d{dirs - 1:03}" / f"f{per - 1:03}.txt"
             deadline = time.monotonic() + 300
             while time.monotonic() < deadline:
@@ -201,15 +235,22 @@ def bench_initial(base: Path, runs: int, files: int = 10_000, dirs: int = 100) -
                     break
                 time.sleep(0.02)
             t1 = time.monotonic()
+            with contextlib.suppress(SystemExit):  # for the report only (not timed)
+                fresh.wait(lambda e: e["event"] in ("received", "error"), 10)
             ready = next((e for e in fresh.events if e["event"] == "ready"), None)
-            recv = [e["seconds"] for e in fresh.events if e["event"] == "received"]
+            recv = [(e["seconds"], e.get("phases"), f"{e['file_blocks_fetched']} blocks")
+                    for e in fresh.events if e["event"] == "received"]  # fmt: skip
+            user, system = cpu_seconds(fresh.proc.pid)
+            cpu = (f"; CPU s: fresh {user:.2f} user + {system:.2f} sys, "
+                   f"source {sum(cpu_seconds(a.proc.pid)) - sum(source_cpu):.2f}")  # fmt: skip
             fresh.stop()
             ok = sum(1 for _ in dst.glob("d*/f*.txt")) == files
             same = all((dst / p).read_bytes() == (src / p).read_bytes()
-                       for p in ("d000/f000.txt", "d050/f050.txt", "d099/f099.txt"))  # fmt: skip
+                       for p in ("d000/f000.txt", f"d{dirs // 2:03}/f{per // 2:03}.txt",
+                                 f"d{dirs - 1:03}/f{per - 1:03}.txt"))  # fmt: skip
             times.append(t1 - t0)
             print(f"  initial sync run {i + 1}: {t1 - t0:.3f} s from process start "
-                  f"(ready {ready is not None}; receive took {recv} s), complete={ok and same}", flush=True)  # fmt: skip
+                  f"(ready {ready is not None}; receive took {recv} s{cpu}), complete={ok and same}", flush=True)  # fmt: skip
     finally:
         a.stop()
     return times
@@ -220,6 +261,8 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--skip", default="")
     p.add_argument("--gib", action="store_true", help="also 1 GiB (long)")
+    p.add_argument("--files", type=int, default=10_000, help="files in (c), 100 per directory")
+    p.add_argument("--spy", default="", help="(c) under py-spy: raw profiles to SPY.source/.freshN")
     args = p.parse_args()
     skip = set(args.skip.split(",")) - {""}
     base = Path(tempfile.mkdtemp(prefix="fs-bench-sync-"))
@@ -231,7 +274,8 @@ def main() -> None:
                 sizes.append(("1 GiB", 1 << 30))
             results = bench_latency(base / "lat", args.runs, sizes)
         if "c" not in skip:
-            results["10k"] = bench_initial(base / "init", args.runs)
+            dirs = max(1, args.files // 100)
+            results["10k"] = bench_initial(base / "init", args.runs, args.files, dirs, args.spy)
         print(f"\nmedians of {args.runs} (loopback, 2 shared cores):")
         for key in ("1 KB", "100 MiB", "1 GiB"):
             if key in results:
@@ -245,7 +289,7 @@ def main() -> None:
                  f"{statistics.median(results['rename_bytes']) / 1000:.1f} KB fetched",
                  ANCHORS["rename"], GOALS["rename"])  # fmt: skip
         if "10k" in results:
-            line("10,000 x 1 KB to a fresh peer", f"{statistics.median(results['10k']):.3f} s",
+            line(f"{args.files:,} x 1 KB to a fresh peer", f"{statistics.median(results['10k']):.3f} s",
                  ANCHORS["10k"], GOALS["10k"])  # fmt: skip
     finally:
         shutil.rmtree(base, ignore_errors=True)

@@ -7,7 +7,7 @@ Layers (network-independent): ``paths`` (safe names, writes only inside the fold
 (``SyncFolder``: ties them together), ``watcher`` (filesystem events under trio).
 """
 
-from .apply import ApplyResult, EnsureBlocks, InsufficientSpace
+from .apply import ApplyResult, BlocksReady, EnsureBlocks, FetchFile, InsufficientSpace
 from .engine import ReceiveReport, ScanReport, SyncFolder, snapshot_file_blocks
 from .folder import FolderConfig, Invite, format_invite, parse_invite
 from .snapshot import (
@@ -23,8 +23,10 @@ from .watcher import run_folder, watch_folder
 
 __all__ = [
     "ApplyResult",
+    "BlocksReady",
     "EnsureBlocks",
     "Entry",
+    "FetchFile",
     "FolderConfig",
     "InsufficientSpace",
     "Invite",

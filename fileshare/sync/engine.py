@@ -2,7 +2,8 @@
 
 The network side drives it: ``scan()`` after the watcher reports changes (or on a timer);
 ``publish()`` for the signed snapshot bytes to put on the folder's topic (when ``scan`` reported a
-change); ``receive(data, ensure_blocks)`` for a snapshot a peer published. Operations are
+change); ``receive(data, ensure_blocks)`` for a snapshot a peer published (``receive_accepted``
+when the caller already decoded and accepted it). Operations are
 serialised by a lock, so a scan never runs while a snapshot is being applied.
 """
 
@@ -21,7 +22,7 @@ from ..identity.keys import PrivateKey
 from ..identity.peerid import PeerId
 from ..limits import SYNC_SETTLE_SECONDS
 from ..repo import Pin, Repo
-from .apply import ApplyResult, EnsureBlocks, apply_plan
+from .apply import ApplyResult, BlocksReady, EnsureBlocks, FetchFile, apply_plan
 from .folder import FolderConfig
 from .ignore import IgnoreRules
 from .merge import Plan, commit, plan_merge, record_scan
@@ -124,7 +125,13 @@ class SyncFolder:
             if pin.name == name and pin.cid != root:
                 self.repo.unpin(pin.cid)
 
-    async def receive(self, data: bytes, ensure_blocks: EnsureBlocks) -> ReceiveReport:
+    async def receive(
+        self,
+        data: bytes,
+        ensure_blocks: EnsureBlocks,
+        blocks_ready: BlocksReady | None = None,
+        fetch_file: FetchFile | None = None,
+    ) -> ReceiveReport:
         """Decode, check and apply a peer's snapshot.
 
         Raises ``DecodeError`` (malformed), ``SnapshotRejected`` (other folder, not a writer, bad
@@ -132,6 +139,17 @@ class SyncFolder:
         """
         signed = decode_signed(data)
         snap = accept_snapshot(signed, self.config.folder, self.config.writers)
+        return await self.receive_accepted(snap, ensure_blocks, blocks_ready, fetch_file)
+
+    async def receive_accepted(
+        self,
+        snap: Snapshot,
+        ensure_blocks: EnsureBlocks,
+        blocks_ready: BlocksReady | None = None,
+        fetch_file: FetchFile | None = None,
+    ) -> ReceiveReport:
+        """Apply a snapshot ``accept_snapshot`` returned for this folder (see ``receive``; the
+        optional callables are ``apply_plan``'s)."""
         async with self._lock:
             await self._scan()
             plan = plan_merge(
@@ -143,7 +161,9 @@ class SyncFolder:
             )
             if plan.rejected is not None or plan.empty:
                 return ReceiveReport(plan)
-            applied = await apply_plan(self.root, self.repo, self.db, plan, ensure_blocks)
+            applied = await apply_plan(
+                self.root, self.repo, self.db, plan, ensure_blocks, blocks_ready, fetch_file
+            )
             self.index = commit(self.index, plan, applied.done)
             await trio.to_thread.run_sync(self.db.save_index, self.index)
             return ReceiveReport(plan, applied)

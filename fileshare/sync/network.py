@@ -1,25 +1,18 @@
 """Sync over the network: a ``SyncService`` runs one ``SyncFolder`` on a ``Node``.
 
 Each folder has a gossipsub topic ``fileshare/sync/1/<folder id>``. A change is announced there as
-a small *pointer* (a full snapshot can exceed the pubsub message limit); the signed snapshot bytes
-are stored as a UnixFS file and served by bitswap::
-
-    message Pointer {
-      uint32 format = 1;              // 1
-      bytes folder = 2;               // folder id
-      bytes snapshot = 3;             // CID of the signed snapshot bytes (a UnixFS file)
-      uint64 size = 4;                // length of the signed snapshot bytes
-      bytes root = 5;                 // CID of the snapshot's UnixFS directory
-      repeated Counter version = 6;   // the folder version vector of the snapshot
-      repeated string addrs = 7;      // the announcer's full multiaddrs
-    }
+a small *pointer* (``pointer``); the signed snapshot bytes are stored as a UnixFS file and served
+by bitswap.
 
 The topic validator accepts a pointer only from an allowed writer (the gossipsub StrictSign author)
 and only when it decodes within its limits. Receiving: a pointer whose version vector the local
 index already covers is skipped; else the snapshot bytes are fetched (bounded by the pointer's
-size), checked (``accept_snapshot``) and applied with ``SyncFolder.receive``, whose
-``ensure_blocks`` fetches a file's DAG bounded by the size the snapshot claims for it. Receives are
-serialised (one worker, the latest pointer per author kept while it is busy).
+size), checked (``accept_snapshot``) and applied with ``SyncFolder.receive_accepted``, whose
+``ensure_blocks`` fetches a file's DAG bounded by the size the snapshot claims for it. When many
+files are new and they fit on disk, the snapshot's whole DAG is fetched in one bitswap session
+running alongside the apply, which writes each batch of files as soon as its blocks are in
+(``BlocksReady``). Receives are serialised (one worker, the latest pointer per author kept while it
+is busy).
 
 Catch-up: every writer re-announces its current snapshot when a peer newly subscribes to the topic,
 after a receive changed its index, and every ``SYNC_REPUBLISH_INTERVAL``. The folder's rendezvous
@@ -33,7 +26,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -44,38 +37,25 @@ from ..content.ingest import local_source
 from ..content.layout import Layout
 from ..content.reader import read_file
 from ..errors import DecodeError, FileshareError, LimitExceeded
-from ..fetch import FetchProgress, FetchResult, fetch_blocks
+from ..fetch import FetchProgress, FetchResult, fetch_blocks, fetch_file
 from ..identity.peerid import PeerId
 from ..limits import (
-    ANNOUNCE_MAX_ADDR_LENGTH,
     SYNC_BATCH_FETCH_MIN,
     SYNC_FETCH_OVERHEAD,
     SYNC_FETCH_STALL_TIMEOUT,
-    SYNC_MAX_INVITE_ADDRS,
-    SYNC_MAX_POINTER_BYTES,
-    SYNC_MAX_SNAPSHOT_BYTES,
     SYNC_PEER_POLL_INTERVAL,
     SYNC_REPUBLISH_INTERVAL,
 )
 from ..net import addrs as _addrs
 from ..protocols.pubsub.router import Delivered, Validation
 from ..protocols.pubsub.rpc import Message
-from ..repo import Pin
-from ..wire.protobuf import LEN, VARINT, FieldValue, Writer, iter_fields
-from .apply import InsufficientSpace
+from ..repo import Pin, Repo
+from .apply import InsufficientSpace, check_space
 from .engine import ReceiveReport, SyncFolder, snapshot_file_blocks
 from .folder import FolderConfig, folder_id_text
 from .merge import plan_merge
-from .snapshot import (
-    MAX_FOLDER_ID_BYTES,
-    Snapshot,
-    SnapshotRejected,
-    _counters,
-    _decode_version,
-    accept_snapshot,
-    build_tree,
-    decode_signed,
-)
+from .pointer import Pointer, decode_pointer, encode_pointer
+from .snapshot import Snapshot, SnapshotRejected, accept_snapshot, build_tree, decode_signed
 from .version import Version
 from .watcher import run_folder
 
@@ -95,11 +75,9 @@ __all__ = [
 
 log = logging.getLogger("fileshare.sync")
 
-POINTER_FORMAT = 1
 TOPIC_PREFIX = "fileshare/sync/1/"
-_SIGNED_SLACK = 4096  # bytes of envelope around the snapshot body (key + signature)
-_MAX_CID_BYTES = 128
 _MAX_LISTED = 100  # paths listed per kind in one "received" event
+_BULK_TICK = 0.02  # seconds between progress reports of a bulk fetch (applies wait on them)
 
 Event = dict[str, Any]
 OnEvent = Callable[[Event], None]
@@ -112,82 +90,6 @@ def folder_topic(folder: bytes) -> str:
 def rendezvous_key(folder: bytes) -> bytes:
     """The DHT key folder members provide: a sha2-256 multihash of the folder id."""
     return b"\x12\x20" + hashlib.sha256(b"fileshare-sync/1:" + folder).digest()
-
-
-# --- pointer codec ---
-@dataclass(frozen=True, slots=True)
-class Pointer:
-    folder: bytes
-    snapshot: CID
-    size: int
-    root: CID
-    version: Version
-    addrs: tuple[Multiaddr, ...] = ()
-
-
-def encode_pointer(p: Pointer) -> bytes:
-    w = Writer().uint(1, POINTER_FORMAT).bytes(2, p.folder).bytes(3, p.snapshot.encode())
-    w.uint(4, p.size).bytes(5, p.root.encode())
-    _counters(w, 6, p.version)
-    for a in p.addrs[:SYNC_MAX_INVITE_ADDRS]:
-        w.string(7, str(a))
-    data = w.finish()
-    if len(data) > SYNC_MAX_POINTER_BYTES:
-        raise LimitExceeded(f"pointer exceeds {SYNC_MAX_POINTER_BYTES} bytes")
-    return data
-
-
-def _field_bytes(wire: int, value: FieldValue, what: str, limit: int) -> bytes:
-    if wire != LEN or isinstance(value, int):
-        raise DecodeError(f"pointer: {what} must be length-delimited")
-    if len(value) > limit:
-        raise DecodeError(f"pointer: {what} too long")
-    return bytes(value)
-
-
-def decode_pointer(data: bytes | bytearray | memoryview) -> Pointer:
-    """Parse and check a pointer; raises only ``DecodeError``."""
-    if len(data) > SYNC_MAX_POINTER_BYTES:
-        raise DecodeError(f"pointer exceeds {SYNC_MAX_POINTER_BYTES} bytes")
-    fmt, size = 0, -1
-    folder: bytes | None = None
-    snapshot: CID | None = None
-    root: CID | None = None
-    counters: list[bytes] = []
-    addrs: list[Multiaddr] = []
-    for fnum, wire, value in iter_fields(data):
-        if fnum in (1, 4):
-            if wire != VARINT or not isinstance(value, int):
-                raise DecodeError(f"pointer: field {fnum} must be a varint")
-            if fnum == 1:
-                fmt = value
-            else:
-                size = value
-        elif fnum == 2:
-            folder = _field_bytes(wire, value, "folder", MAX_FOLDER_ID_BYTES)
-        elif fnum == 3:
-            snapshot = CID.decode(_field_bytes(wire, value, "snapshot CID", _MAX_CID_BYTES))
-        elif fnum == 5:
-            root = CID.decode(_field_bytes(wire, value, "root CID", _MAX_CID_BYTES))
-        elif fnum == 6:
-            counters.append(_field_bytes(wire, value, "version", SYNC_MAX_POINTER_BYTES))
-        elif fnum == 7:
-            if len(addrs) >= SYNC_MAX_INVITE_ADDRS:
-                raise DecodeError(f"pointer: more than {SYNC_MAX_INVITE_ADDRS} addresses")
-            raw = _field_bytes(wire, value, "address", ANNOUNCE_MAX_ADDR_LENGTH)
-            try:
-                addrs.append(_addrs.parse(raw.decode("utf-8")))
-            except UnicodeDecodeError:
-                raise DecodeError("pointer: address is not UTF-8") from None
-        else:
-            raise DecodeError(f"pointer: unknown field {fnum}")
-    if fmt != POINTER_FORMAT:
-        raise DecodeError(f"pointer: unsupported format {fmt}")
-    if folder is None or not folder or snapshot is None or root is None:
-        raise DecodeError("pointer: missing folder, snapshot or root")
-    if not 0 < size <= SYNC_MAX_SNAPSHOT_BYTES + _SIGNED_SLACK:
-        raise DecodeError(f"pointer: snapshot size {size} out of range")
-    return Pointer(folder, snapshot, size, root, _decode_version(counters), tuple(addrs))
 
 
 def _author(msg: Message) -> PeerId | None:
@@ -435,41 +337,64 @@ class SyncService:
         peers = [a for a in ptr.addrs if _addrs.split_peer(a)[1] == author]
         got = await self._fetch(ptr.snapshot, ptr.size + SYNC_FETCH_OVERHEAD, peers)
         data = await self._read(ptr.snapshot, ptr.size)
+        fetched_at = time.monotonic()
         try:
             signed = decode_signed(data)
             snap = accept_snapshot(signed, self.config.folder, self.config.writers)
         except (DecodeError, SnapshotRejected) as exc:
             self._reject(author, ptr, exc)
             return
+        phases = {"snapshot": time.monotonic() - started, "check": time.monotonic() - fetched_at}
         fetched = _Tally()
         claims: dict[CID, int] = {}
         for e in snap.entries:
             if e.cid is not None:
                 claims[e.cid] = max(claims.get(e.cid, 0), e.size, e.tsize)
-        await self._prefetch(snap, claims, peers, fetched)
 
         async def ensure_blocks(root: CID) -> None:
             limit = claims.get(root, 0) + SYNC_FETCH_OVERHEAD
             fetched.add(await self._fetch(root, limit, peers))
 
+        async def fetch_to(root: CID, out: Path) -> None:
+            limit = claims.get(root, 0) + SYNC_FETCH_OVERHEAD
+            fetched.add(await self._fetch(root, limit, peers, out=out))
+
         before = self.folder.index.version
-        try:
-            report = await self.folder.receive(data, ensure_blocks)
-        except (DecodeError, SnapshotRejected, InsufficientSpace) as exc:
-            self._reject(author, ptr, exc)
+        report: ReceiveReport | None = None
+        failure: Exception | None = None
+        async with trio.open_nursery() as nursery:
+            bulk = await self._bulk_fetch(snap, claims, peers, fetched)
+            if bulk is not None:
+                nursery.start_soon(bulk.run)
+            ready = bulk.wait if bulk is not None else None
+            try:
+                report = await self.folder.receive_accepted(snap, ensure_blocks, ready, fetch_to)
+            except (FileshareError, OSError) as exc:  # raised again below, outside the nursery
+                failure = exc
+            nursery.cancel_scope.cancel()  # a bulk fetch the plan no longer needed
+        if bulk is not None and bulk.finished is not None:
+            phases["bulk_fetch"] = bulk.finished - started - phases["snapshot"]
+        if isinstance(failure, (DecodeError, SnapshotRejected, InsufficientSpace)):
+            self._reject(author, ptr, failure)
             return
+        if failure is not None:
+            raise failure
+        assert report is not None
         self.stats["received"] += 1
         self.stats["file_bytes_fetched"] += fetched.bytes
-        self.on_event(
-            _received_event(author, snap, report, got, fetched, time.monotonic() - started)
-        )
+        seconds = time.monotonic() - started
+        phases["files"] = seconds - phases["snapshot"]
+        self.on_event(_received_event(author, snap, report, got, fetched, seconds, phases))
         if self.folder.index.version != before:
             await self.announce()  # our index changed: members that missed it catch up from us
 
-    async def _prefetch(
+    async def _bulk_fetch(
         self, snap: Snapshot, claims: dict[CID, int], peers: Sequence[Multiaddr], tally: _Tally
-    ) -> None:
-        """Many files to fetch: get the snapshot's whole DAG in one bitswap session."""
+    ) -> _BulkFetch | None:
+        """Many files to fetch: their whole DAG in one bitswap session, run alongside the apply.
+
+        Only when the files claimed fit on disk (the apply checks again, exactly, before writing).
+        """
         plan = plan_merge(
             self.folder.index,
             snap,
@@ -479,14 +404,29 @@ class SyncService:
         )
         needed = {f.entry.cid for f in plan.fetches if f.source is None}
         if len(needed) < SYNC_BATCH_FETCH_MIN or snap.root is None:
-            return
+            return None
+        store_bytes = sum(claims[c] for c in needed if c is not None)
+        try:
+            await trio.to_thread.run_sync(
+                check_space, self.folder.root, self.node.repo, plan.claimed_bytes(), store_bytes
+            )
+        except InsufficientSpace:
+            return None  # the apply refuses the snapshot, before fetching anything
         _, dirs = build_tree(snap.entries, snap.root.hash_code)  # verified: the root matched
         await self.node.repo.blocks.put_many([(b.cid, b.data) for b in dirs], verified=True)
         limit = sum(claims.values()) + SYNC_FETCH_OVERHEAD
-        tally.add(await self._fetch(snap.root, limit, peers))
+        return _BulkFetch(self, snap.root, limit, peers, tally)
 
-    async def _fetch(self, root: CID, limit: int, peers: Sequence[Multiaddr]) -> FetchResult:
-        """``fetch_blocks`` of ``root``, stopped with ``LimitExceeded`` past ``limit`` bytes."""
+    async def _fetch(
+        self,
+        root: CID,
+        limit: int,
+        peers: Sequence[Multiaddr],
+        on_progress: Callable[[], None] | None = None,
+        out: Path | None = None,
+    ) -> FetchResult:
+        """``fetch_blocks`` of ``root`` (``fetch_file`` to ``out``, unpinned, if given), stopped
+        with ``LimitExceeded`` past ``limit`` bytes."""
         over = False
 
         def check(p: FetchProgress) -> None:
@@ -494,14 +434,28 @@ class SyncService:
             if p.bytes_done > limit or (p.file_size is not None and p.file_size > limit):
                 over = True
                 scope.cancel()
+            elif on_progress is not None:
+                on_progress()
 
+        interval = 0.1 if on_progress is None else _BULK_TICK
         with trio.CancelScope() as scope:
+            if out is not None:
+                return await fetch_file(
+                    self.node,
+                    root,
+                    out,
+                    peers=peers,
+                    on_progress=check,
+                    progress_interval=interval,
+                    stall_timeout=self.stall_timeout,
+                    pin=False,
+                )
             return await fetch_blocks(
                 self.node,
                 root,
                 peers=peers,
                 on_progress=check,
-                progress_interval=0.1,
+                progress_interval=interval,
                 stall_timeout=self.stall_timeout,
             )
         assert over
@@ -518,6 +472,60 @@ class SyncService:
         if total != size:
             raise FileshareError(f"snapshot {cid} has {total} bytes, its pointer says {size}")
         return b"".join(parts)
+
+
+class _BulkFetch:
+    """A snapshot's whole DAG fetched in the background; ``wait`` is the apply's ``BlocksReady``."""
+
+    def __init__(
+        self,
+        service: SyncService,
+        root: CID,
+        limit: int,
+        peers: Sequence[Multiaddr],
+        tally: _Tally,
+    ) -> None:
+        self.service = service
+        self.root = root
+        self.limit = limit
+        self.peers = peers
+        self.tally = tally
+        self.error: Exception | None = None
+        self.finished: float | None = None  # time.monotonic() when it ended
+        self._tick = trio.Event()  # set (and replaced) at each progress report and at the end
+
+    async def run(self) -> None:
+        try:
+            result = await self.service._fetch(self.root, self.limit, self.peers, self._progress)
+            self.tally.add(result)
+        except (FileshareError, OSError) as exc:  # handed to the apply by ``wait``
+            self.error = exc
+        finally:
+            self.finished = time.monotonic()
+            self._tick.set()
+
+    def _progress(self) -> None:
+        self._tick.set()
+        self._tick = trio.Event()
+
+    async def wait(self, roots: Sequence[CID]) -> None:
+        """Until the DAGs under ``roots`` are local or the fetch ended; raises its error."""
+        repo = self.service.node.repo
+        while True:
+            if self.error is not None:
+                raise self.error
+            if self.finished is not None:
+                return
+            tick = self._tick
+            if await trio.to_thread.run_sync(_all_local, repo, roots):
+                return
+            await tick.wait()
+
+
+def _all_local(repo: Repo, roots: Sequence[CID]) -> bool:
+    """Whether every DAG under ``roots`` is in the store (the last root, likely the last to
+    arrive, checked first). Blocking."""
+    return all(repo.dag_status([cid]).complete for cid in (roots[-1], *roots[:-1]))
 
 
 class _Tally:
@@ -541,6 +549,7 @@ def _received_event(
     got: FetchResult,
     fetched: _Tally,
     seconds: float,
+    phases: dict[str, float],
 ) -> Event:
     a = report.applied
     return {
@@ -563,4 +572,7 @@ def _received_event(
         "file_bytes_fetched": fetched.bytes,
         "file_blocks_fetched": fetched.blocks,
         "seconds": round(seconds, 3),
+        # seconds: snapshot (fetched and checked; check: the decode and checks), files (fetched
+        # and applied), bulk_fetch (the whole-DAG fetch, part of files)
+        "phases": {k: round(v, 3) for k, v in phases.items()},
     }

@@ -20,7 +20,8 @@ import re
 import stat
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..errors import DecodeError, FileshareError
@@ -32,6 +33,8 @@ TRASH_DIR = f"{RESERVED_DIR}/trash"
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+FSYNC_THREADS = 8  # fsyncs of written files in flight at once (see FolderRoot.write_files)
 
 
 class UnsafePath(DecodeError):
@@ -164,6 +167,68 @@ class FolderRoot:
         """A fresh file name in ``.fileshare/tmp/`` (not created)."""
         return self.tmp_path / f"{uuid.uuid4().hex}{suffix}"
 
+    def write_files(
+        self,
+        files: Sequence[tuple[str, bytes, int, int]],
+        check: Callable[[str, os.stat_result | None], None],
+    ) -> list[os.stat_result | Exception]:
+        """Write each ``(rel, data, mode, mtime_ns)`` into the folder, through ``.fileshare/tmp/``.
+
+        All files are first written to new temporary files and fsynced on ``FSYNC_THREADS``
+        threads (concurrent fsyncs share journal commits: several times faster than in turn).
+        Then, one at a time, ``check(rel, lstat of rel or None)`` runs (raising leaves that path
+        alone) and the file is renamed to ``rel``, in one walk to its directory (symlinks and a
+        non-file at ``rel`` refused). Returns per file its stat, or the error that stopped it (its
+        temporary file removed).
+        """
+        out: list[os.stat_result | Exception] = []
+        dfd = self._walk(TMP_DIR.split("/"), create=True)
+        try:
+            synced = _write_synced(dfd, [(data, mode, mtime) for _, data, mode, mtime in files])
+            for (rel, *_), item in zip(files, synced, strict=True):
+                if isinstance(item, OSError):
+                    out.append(item)
+                    continue
+                name, st = item
+                try:
+                    self._install_checked(dfd, name, rel, check)
+                    out.append(st)
+                except (FileshareError, OSError) as exc:
+                    with contextlib.suppress(OSError):
+                        os.unlink(name, dir_fd=dfd)
+                    out.append(exc)
+        finally:
+            os.close(dfd)
+        return out
+
+    def _install_checked(
+        self, src_dfd: int, src: str, rel: str, check: Callable[[str, os.stat_result | None], None]
+    ) -> None:
+        parts = check_relpath(rel).split("/")
+        try:
+            fd = self._walk(parts[:-1], create=False)
+        except FileNotFoundError:  # a new directory: nothing there yet
+            check(rel, None)
+            fd = self._walk(parts[:-1], create=True)
+        else:
+            try:
+                st: os.stat_result | None = os.stat(parts[-1], dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                st = None
+            except BaseException:
+                os.close(fd)
+                raise
+            try:
+                check(rel, st)
+            except BaseException:
+                os.close(fd)
+                raise
+        try:
+            self._refuse_non_file(fd, parts[-1], rel)
+            os.rename(src, parts[-1], src_dir_fd=src_dfd, dst_dir_fd=fd)
+        finally:
+            os.close(fd)
+
     def install(self, tmp: Path, rel: str) -> None:
         """Rename a file from ``.fileshare/tmp/`` to ``rel`` (replacing a regular file there)."""
         if tmp.parent != self.tmp_path:
@@ -222,3 +287,71 @@ class FolderRoot:
             return
         if not stat.S_ISREG(st.st_mode):
             raise UnsafePath(f"{rel!r} exists and is not a regular file; not replacing it")
+
+
+def _write_new(dfd: int, name: str, data: bytes, mode: int, mtime_ns: int) -> int:
+    """Create ``name`` in directory ``dfd`` holding ``data``; the open descriptor."""
+    fd = os.open(name, _NEW_FILE_FLAGS, 0o600, dir_fd=dfd)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fchmod(fd, mode)
+        os.utime(fd, ns=(mtime_ns, mtime_ns))
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(name, dir_fd=dfd)
+        raise
+    return fd
+
+
+def _write_synced(
+    dfd: int, files: Sequence[tuple[bytes, int, int]]
+) -> list[tuple[str, os.stat_result] | OSError]:
+    """New files in directory ``dfd``, written then fsynced in parallel: (name, stat) or error."""
+    written: list[tuple[str, int] | OSError] = []
+    try:
+        for data, mode, mtime_ns in files:
+            name = uuid.uuid4().hex
+            try:
+                written.append((name, _write_new(dfd, name, data, mode, mtime_ns)))
+            except OSError as exc:
+                written.append(exc)
+    except BaseException:
+        for item in written:
+            if not isinstance(item, OSError):
+                os.close(item[1])
+        raise
+    fds = [item[1] for item in written if not isinstance(item, OSError)]
+    n = min(FSYNC_THREADS, len(fds))
+    with ThreadPoolExecutor(max(1, n)) as pool:  # one call per thread, not per file
+        parts = list(pool.map(_fsync_close_all, [fds[i::n] for i in range(n)]))
+    synced = iter([parts[i % n][i // n] for i in range(len(fds))])
+    out: list[tuple[str, os.stat_result] | OSError] = []
+    for item in written:
+        if isinstance(item, OSError):
+            out.append(item)
+            continue
+        st = next(synced)
+        if isinstance(st, OSError):
+            with contextlib.suppress(OSError):
+                os.unlink(item[0], dir_fd=dfd)
+            out.append(st)
+        else:
+            out.append((item[0], st))
+    return out
+
+
+def _fsync_close_all(fds: list[int]) -> list[os.stat_result | OSError]:
+    """fsync, stat and close each descriptor (all closed whatever happens)."""
+    out: list[os.stat_result | OSError] = []
+    for fd in fds:
+        try:
+            os.fsync(fd)
+            out.append(os.fstat(fd))
+        except OSError as exc:
+            out.append(exc)
+        finally:
+            os.close(fd)
+    return out

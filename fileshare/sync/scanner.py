@@ -5,11 +5,16 @@ ignored paths and names that are not safe to sync. A file whose ``(size, mtime_n
 its scan-cache row keeps its cached root CID; any other file is imported once it is stable: its
 mtime is older than the settle interval, or the same stat was seen a settle interval ago. Files not
 yet stable are reported in ``unstable`` with ``retry_after`` (seconds) so the caller rescans then.
+
+Files up to ``SMALL_FILE_BYTES`` are imported in batches, one worker-thread call each (read,
+check the stat held, hash, one ``put_many`` for the batch, pin each root), under one shared repo
+lock; larger files go through ``import_file`` one at a time.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 import time
@@ -19,18 +24,25 @@ from pathlib import Path
 
 import trio
 
-from ..content.ingest import FileChanged, import_file
+from ..content.builder import build_dag, chunk_bytes
+from ..content.cid import CID
+from ..content.ingest import FileChanged, import_file, layout_names
 from ..content.layout import Layout, make_layout
 from ..errors import FileshareError, NotFound
-from ..limits import SYNC_IMPORT_CONCURRENCY, SYNC_SETTLE_SECONDS
-from ..repo import Repo
+from ..limits import MIB, SYNC_IMPORT_CONCURRENCY, SYNC_SETTLE_SECONDS
+from ..repo import LOCK_TIMEOUT, Pin, Repo, RepoBusy, RepoLock
 from .ignore import IgnoreRules
 from .merge import LocalFile
 from .paths import RESERVED_DIR, UnsafePath, check_relpath
-from .snapshot import file_tsize
+from .snapshot import file_tsize, root_tsize
 from .state import CachedFile, FolderDB
 
 _Stat = tuple[int, int, int]  # size, mtime_ns, inode
+_Todo = tuple[str, _Stat, int]  # path, stat seen by the walk, mode
+
+SMALL_FILE_BYTES = 1 * MIB  # files up to this size are imported in batches
+IMPORT_BATCH = 256  # small files per worker-thread call
+IMPORT_BATCH_BYTES = 16 * MIB  # file bytes held in memory by one batch
 
 
 @dataclass(slots=True)
@@ -110,7 +122,7 @@ class Scanner:
         cache = await trio.to_thread.run_sync(self.db.cached)
         result = ScanResult(skipped=skipped)
         now, wall = self._clock(), self._wall_ns()
-        todo: list[tuple[str, _Stat, int]] = []
+        todo: list[_Todo] = []
         retry: list[float] = []
         for rel, st in found.items():
             key = (st.st_size, st.st_mtime_ns, st.st_ino)
@@ -141,9 +153,12 @@ class Scanner:
             result.retry_after = max(0.01, min(retry))
         return result
 
-    async def _import_all(self, todo: list[tuple[str, _Stat, int]], result: ScanResult) -> None:
-        limiter = trio.CapacityLimiter(SYNC_IMPORT_CONCURRENCY)
+    async def _import_all(self, todo: list[_Todo], result: ScanResult) -> None:
         rows: list[CachedFile] = []
+        small = [t for t in todo if t[1][0] <= SMALL_FILE_BYTES]
+        if small:
+            await self._import_small(small, result, rows)
+        limiter = trio.CapacityLimiter(SYNC_IMPORT_CONCURRENCY)
 
         async def one(rel: str, key: _Stat, mode: int) -> None:
             async with limiter:
@@ -153,13 +168,48 @@ class Scanner:
 
         async with trio.open_nursery() as nursery:
             for rel, key, mode in todo:
-                nursery.start_soon(one, rel, key, mode)
+                if key[0] > SMALL_FILE_BYTES:
+                    nursery.start_soon(one, rel, key, mode)
         if rows:
             await trio.to_thread.run_sync(self.db.put_cached, rows)
+
+    async def _import_small(
+        self, todo: list[_Todo], result: ScanResult, rows: list[CachedFile]
+    ) -> None:
+        try:
+            lock = await _lock_shared(self.repo)
+        except RepoBusy as exc:
+            for rel, _, _ in todo:
+                result.skipped[rel] = str(exc)
+            return
+        try:
+            for batch in _batches(todo):
+                done = await trio.to_thread.run_sync(
+                    _import_batch, self.root, self.repo, self.layout, batch
+                )
+                for (rel, key, mode), outcome in zip(batch, done, strict=True):
+                    if isinstance(outcome, _Imported):
+                        rows.append(self._imported(rel, key, mode, outcome, result))
+                    elif outcome == _UNSTABLE:
+                        result.unstable.add(rel)
+                    elif outcome != _GONE:
+                        result.skipped[rel] = outcome
+        finally:
+            lock.close()
+
+    def _imported(
+        self, rel: str, key: _Stat, mode: int, res: _Imported, result: ScanResult
+    ) -> CachedFile:
+        with contextlib.suppress(KeyError):
+            del self._pending[rel]
+        result.imported.append(rel)
+        result.files[rel] = LocalFile(rel, res.root, res.size, key[1], mode, res.tsize)
+        return CachedFile(rel, res.size, key[1], key[2], mode, res.root, res.tsize)
 
     async def _import(
         self, rel: str, key: _Stat, mode: int, result: ScanResult
     ) -> CachedFile | None:
+        """Import one (large) file with ``import_file``; its cache row, None if not imported."""
         path = self.root / rel
         try:
             res = await import_file(self.repo, path, self.layout, name=rel)
@@ -176,8 +226,114 @@ class Scanner:
         if (st.st_size, st.st_mtime_ns, st.st_ino) != key or not stat.S_ISREG(st.st_mode):
             result.unstable.add(rel)  # written to while we read it
             return None
-        with contextlib.suppress(KeyError):
-            del self._pending[rel]
-        result.imported.append(rel)
-        result.files[rel] = LocalFile(rel, res.root, res.size, key[1], mode, tsize)
-        return CachedFile(rel, res.size, key[1], key[2], mode, res.root, tsize)
+        return self._imported(rel, key, mode, _Imported(res.root, res.size, tsize), result)
+
+
+@dataclass(frozen=True, slots=True)
+class _Imported:
+    root: CID
+    size: int
+    tsize: int
+
+
+_UNSTABLE = "unstable"  # changed while being read: retried by a later scan
+_GONE = "gone"  # deleted meanwhile: the next scan sees it gone
+_Outcome = _Imported | str  # or the reason it was skipped
+
+
+async def _lock_shared(repo: Repo) -> RepoLock:
+    """The repository lock in shared mode (so gc cannot run meanwhile), polling cancellably."""
+    with trio.move_on_after(LOCK_TIMEOUT):
+        while True:
+            lock = repo.try_lock(exclusive=False)
+            if lock is not None:
+                return lock
+            await trio.sleep(0.05)
+    raise RepoBusy(f"repository {repo.path} is busy (a gc is running); retry later")
+
+
+def _batches(todo: list[_Todo]) -> list[list[_Todo]]:
+    out: list[list[_Todo]] = []
+    batch: list[_Todo] = []
+    size = 0
+    for t in todo:
+        if batch and (len(batch) >= IMPORT_BATCH or size + t[1][0] > IMPORT_BATCH_BYTES):
+            out.append(batch)
+            batch, size = [], 0
+        batch.append(t)
+        size += t[1][0]
+    if batch:
+        out.append(batch)
+    return out
+
+
+def _import_batch(root: Path, repo: Repo, layout: Layout, batch: list[_Todo]) -> list[_Outcome]:
+    """Blocking: import small files in one go (the caller holds the shared repo lock).
+
+    Each file is read whole and kept only if its stat before and after the read, and its
+    ``lstat`` by name, all equal the walk's. Its blocks are built as ``import_file`` would build
+    them, stored with one ``put_many`` for the batch, then each root is pinned like an import.
+    """
+    outcomes: list[_Outcome] = []
+    blocks: list[tuple[CID, bytes]] = []
+    pins: list[Pin] = []
+    hash_name, profile = layout_names(layout)
+    base = str(root)
+    for rel, key, _mode in batch:
+        path = f"{base}/{rel}"
+        try:
+            data = _read_stable(path, key)
+        except FileNotFoundError:
+            outcomes.append(_GONE)
+            continue
+        except PermissionError:
+            outcomes.append(f"permission denied reading {path}")
+            continue
+        except OSError as exc:
+            outcomes.append(_UNSTABLE if exc.errno == errno.ELOOP else str(exc))
+            continue
+        if data is None:
+            outcomes.append(_UNSTABLE)
+            continue
+        cid, built = build_dag(chunk_bytes(data, layout.chunk_size), layout)
+        top = next(b for b in reversed(built) if b.cid == cid)
+        blocks += [(b.cid, b.data) for b in built]
+        pin = Pin(cid, name=rel, size=len(data), hash=hash_name, profile=profile,
+                  blocks=len(built), shared=False)  # fmt: skip
+        pins.append(pin)
+        outcomes.append(_Imported(cid, len(data), root_tsize(cid, top.data)))
+    try:
+        repo.blocks.put_many_sync(blocks, verified=True)
+        for pin in pins:
+            repo.add_pin(pin)
+    except (FileshareError, OSError) as exc:
+        return [o if not isinstance(o, _Imported) else str(exc) for o in outcomes]
+    return outcomes
+
+
+def _read_stable(path: str, key: _Stat) -> bytes | None:
+    """The bytes of the regular file at ``path`` if its stat is ``key`` throughout, else None."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if _key(os.fstat(fd)) != key:
+            return None
+        size = key[0]
+        parts: list[bytes] = []
+        got = 0
+        while got <= size:  # one byte more than expected shows a file that grew
+            part = os.read(fd, size + 1 - got)
+            if not part:
+                break
+            parts.append(part)
+            got += len(part)
+        if got != size or _key(os.fstat(fd)) != key or _key(os.lstat(path)) != key:
+            return None
+    finally:
+        os.close(fd)
+    return b"".join(parts)
+
+
+def _key(st: os.stat_result) -> _Stat | None:
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    return (st.st_size, st.st_mtime_ns, st.st_ino)

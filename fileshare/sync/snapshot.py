@@ -386,7 +386,11 @@ def _build_dir(tree: _Tree, hash_code: int, out: list[Block]) -> tuple[CID, int]
 
 def file_tsize(store: Blockstore, cid: CID) -> int:
     """Total bytes of the DAG under a stored file root (its Tsize in a parent link)."""
-    data = store.get_sync(cid)
+    return root_tsize(cid, store.get_sync(cid))
+
+
+def root_tsize(cid: CID, data: bytes) -> int:
+    """Total bytes of the DAG under a file root with block bytes ``data`` (raw: its length)."""
     if cid.codec == RAW:
         return len(data)
     return len(data) + sum(link.tsize or 0 for link in decode_node(data).links)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 
 import trio
@@ -27,13 +27,19 @@ OnChange = Callable[[frozenset[str] | None], Awaitable[float | None]]
 OnSnapshot = Callable[[bytes, Snapshot], Awaitable[None]]
 
 
-def _filter(root: str) -> Callable[[watchfiles.Change, str], bool]:
-    reserved = os.path.join(root, RESERVED_DIR)
-
-    def keep(_change: watchfiles.Change, path: str) -> bool:
-        return not (path == reserved or path.startswith(reserved + os.sep))
-
-    return keep
+def relevant_paths(base: str, paths: Iterable[str]) -> set[str]:
+    """The '/'-separated paths relative to ``base`` of the absolute ``paths`` that lie inside it,
+    outside the reserved area (a plain prefix test: this runs for every filesystem event)."""
+    prefix = base + os.sep
+    reserved = prefix + RESERVED_DIR
+    cut = len(prefix)
+    out: set[str] = set()
+    for path in paths:
+        if path.startswith(prefix) and not (
+            path.startswith(reserved) and path[len(reserved) : len(reserved) + 1] in ("", os.sep)
+        ):
+            out.add(path[cut:].replace(os.sep, "/"))
+    return out
 
 
 async def watch_folder(
@@ -50,20 +56,20 @@ async def watch_folder(
     wake = trio.Event()
 
     async def watch() -> None:
-        nonlocal wake
+        # No watch_filter: watchfiles would call it (taking the GIL) once per raw event, and
+        # applying a snapshot makes several events per file; one pass per batch here instead.
         async for events in watchfiles.awatch(
             base,
-            watch_filter=_filter(base),
+            watch_filter=None,
             debounce=debounce_ms,
             step=max(1, debounce_ms // 5),
             rust_timeout=1000,
             ignore_permission_denied=True,
         ):
-            for _kind, path in events:
-                rel = os.path.relpath(path, base)
-                if not rel.startswith(".."):
-                    changed.add(rel.replace(os.sep, "/"))
-            wake.set()
+            rels = relevant_paths(base, [path for _kind, path in events])
+            if rels:  # not only the reserved area (our own temporary files)
+                changed.update(rels)
+                wake.set()
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(watch)

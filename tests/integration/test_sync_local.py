@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,9 +16,10 @@ import pytest
 import trio
 
 from fileshare.content.cid import CID, RAW
+from fileshare.content.ingest import export_file, import_file
 from fileshare.content.layout import make_layout
 from fileshare.content.reader import child_cids
-from fileshare.errors import DecodeError, NotFound
+from fileshare.errors import DecodeError, LimitExceeded, NotFound
 from fileshare.identity.keys import PrivateKey
 from fileshare.identity.peerid import PeerId
 from fileshare.repo import Repo
@@ -30,11 +31,14 @@ from fileshare.sync import (
     Snapshot,
     SnapshotRejected,
     SyncFolder,
+    apply,
     run_folder,
+    scanner,
     sign_snapshot,
     watch_folder,
 )
-from fileshare.sync.snapshot import Entry, build_tree
+from fileshare.sync.ignore import IgnoreRules
+from fileshare.sync.snapshot import Entry, build_tree, file_tsize
 from fileshare.sync.version import Version
 
 LAYOUT = make_layout(chunk_size=1024)  # small chunks: multi-block files from a few KiB
@@ -358,3 +362,153 @@ async def test_run_folder_publishes_after_a_change(tmp_path: Path, net: Net) -> 
             await published.wait()
         nursery.cancel_scope.cancel()
     assert tree(b.dir) == tree(a.dir)
+
+
+async def test_batched_import_matches_import_file(tmp_path: Path, net: Net) -> None:
+    (a,) = make_nodes(tmp_path, net, "a")
+    sizes = {"empty": 0, "one": 1, "chunk": 1024, "three_chunks": 3000, "big": 1024 * 1024 + 7}
+    for name, size in sizes.items():
+        write(a.dir / name, os.urandom(size))
+    result = (await a.folder.scan()).result
+    assert sorted(result.imported) == sorted(sizes)
+    other = Repo.open(tmp_path / "repo_other")
+    try:
+        for name, size in sizes.items():
+            ref = await import_file(other, a.dir / name, LAYOUT)
+            got = result.files[name]
+            assert (got.cid, got.size) == (ref.root, size)
+            assert got.tsize == file_tsize(other.blocks, ref.root)
+            assert net.repos["a"].dag_status([got.cid]).complete
+            pin = net.repos["a"].get_pin(got.cid)
+            assert pin is not None and pin.name == name and pin.blocks == ref.block_count
+    finally:
+        other.close()
+
+
+async def test_batched_import_skips_files_changed_after_the_walk(
+    tmp_path: Path, net: Net, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (a,) = make_nodes(tmp_path, net, "a")
+    for name in ("grows", "gone", "swapped", "steady"):
+        write(a.dir / name, b"x" * 100, mtime=time.time_ns() - 10**10)
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"x" * 100)
+    real_walk = scanner.walk
+
+    def walk_then_change(
+        root: Path, ignore: IgnoreRules
+    ) -> tuple[dict[str, os.stat_result], dict[str, str]]:
+        found = real_walk(root, ignore)
+        with (a.dir / "grows").open("ab") as f:
+            f.write(b"more")
+        (a.dir / "gone").unlink()
+        (a.dir / "swapped").unlink()
+        (a.dir / "swapped").symlink_to(secret)
+        return found
+
+    monkeypatch.setattr(scanner, "walk", walk_then_change)
+    result = (await a.folder.scan()).result
+    assert result.imported == ["steady"]
+    assert result.unstable == {"grows", "swapped"}
+    assert "gone" not in result.files and "gone" not in result.skipped
+    assert set(a.folder.index.by_path()) == {"steady"}
+
+
+async def test_many_small_files_applied_in_batches_as_blocks_arrive(
+    tmp_path: Path, net: Net
+) -> None:
+    a, b = make_nodes(tmp_path, net)
+    t = 1_650_000_000 * 10**9
+    for i in range(apply.APPLY_BATCH * 2 + 10):
+        write(a.dir / f"d{i % 7}/f{i:04}", b"%04d" % i + os.urandom(i % 50), mtime=t + i)
+    os.chmod(a.dir / "d0/f0000", 0o600)
+    await a.folder.scan()
+    data, _ = await a.folder.publish()
+    copy = net.ensure_blocks_for("b")
+    waits: list[int] = []
+
+    async def blocks_ready(roots: Sequence[CID]) -> None:  # a background fetch getting there
+        waits.append(len(roots))
+        for root in roots:
+            await copy(root)
+
+    report = await b.folder.receive(data, net.ensure_blocks_for("b"), blocks_ready)
+    assert tree(b.dir) == tree(a.dir)
+    assert len(waits) >= 3 and sum(waits) == len(report.applied.written)
+    assert report.applied.requested == []  # nothing left for ensure_blocks
+    assert (b.dir / "d0/f0000").stat().st_mode & 0o777 == 0o600
+    assert (b.dir / "d3/f0010").stat().st_mtime_ns == t + 10
+    assert not (await b.folder.scan()).changed  # the scan cache knows every written file
+    assert list((b.dir / ".fileshare/tmp").iterdir()) == []
+
+
+async def test_corrupt_block_skips_only_its_file(tmp_path: Path, net: Net) -> None:
+    a, b = make_nodes(tmp_path, net)
+    for name in ("good1", "bad", "good2"):
+        write(a.dir / name, os.urandom(700))
+    await a.folder.scan()
+    data, _ = await a.folder.publish()
+    bad = a.folder.index.by_path()["bad"].cid
+    assert bad is not None
+    net.repos["b"].blocks.put_sync(bad, b"\x00" * 700, verified=True)  # stored corrupt
+    report = await b.folder.receive(data, net.ensure_blocks_for("b"))
+    assert "bad" in report.applied.skipped and "corrupt" in report.applied.skipped["bad"]
+    assert sorted(tree(b.dir)) == ["good1", "good2"]
+    assert "bad" not in b.folder.index.by_path()
+
+
+async def test_failed_bulk_fetch_skips_only_what_it_did_not_bring(
+    tmp_path: Path, net: Net, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(apply, "APPLY_BATCH", 2)
+    monkeypatch.setattr(apply, "APPLY_PARALLEL", 1)
+    a, b = make_nodes(tmp_path, net)
+    for i in range(5):
+        write(a.dir / f"f{i}", os.urandom(100))
+    await a.folder.scan()
+    data, _ = await a.folder.publish()
+    copy = net.ensure_blocks_for("b")
+    calls = 0
+
+    async def blocks_ready(roots: Sequence[CID]) -> None:
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            raise LimitExceeded("the DAG is larger than claimed")
+        for root in roots:
+            await copy(root)
+
+    report = await b.folder.receive(data, net.ensure_blocks_for("b"), blocks_ready)
+    assert calls == 2  # not asked again after it failed
+    assert sorted(tree(b.dir)) == ["f0", "f1"]
+    assert sorted(report.applied.skipped) == ["f2", "f3", "f4"]
+    assert all("larger than claimed" in why for why in report.applied.skipped.values())
+    assert report.applied.requested == []  # no file-by-file fetch after the bulk one failed
+    assert sorted(b.folder.index.by_path()) == ["f0", "f1"]
+
+
+async def test_large_missing_file_goes_through_fetch_file(tmp_path: Path, net: Net) -> None:
+    a, b = make_nodes(tmp_path, net)
+    payload = os.urandom(apply.SMALL_FILE_BYTES + 1)
+    write(a.dir / "big.bin", payload)
+    write(a.dir / "small.txt", b"small")
+    await a.folder.scan()
+    data, _ = await a.folder.publish()
+    src, dst = net.repos["a"], net.repos["b"]
+    streamed: list[Path] = []
+
+    async def fetch_file(root: CID, out: Path) -> None:  # stands in for a streaming fetch
+        stack = [root]
+        while stack:
+            cid = stack.pop()
+            block = src.blocks.get_sync(cid)
+            dst.blocks.put_sync(cid, block)
+            stack.extend(child_cids(cid, block))
+        await export_file(dst, root, out)
+        streamed.append(out)
+
+    report = await b.folder.receive(data, net.ensure_blocks_for("b"), fetch_file=fetch_file)
+    assert tree(b.dir) == tree(a.dir)
+    assert len(streamed) == 1 and streamed[0].parent == b.dir / ".fileshare/tmp"
+    assert net.asked["b"] == [a.folder.index.by_path()["small.txt"].cid]  # the small one only
+    assert len(report.applied.requested) == 2

@@ -1,4 +1,4 @@
-"""Sync path safety: which names are accepted, and writes never leave the folder."""
+"""Sync path safety: which names are accepted, writes never leave the folder, watcher paths."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fileshare.errors import DecodeError
+from fileshare.errors import DecodeError, FileshareError
 from fileshare.sync.ignore import IgnoreRules
 from fileshare.sync.paths import (
     FolderRoot,
@@ -18,6 +18,7 @@ from fileshare.sync.paths import (
     is_safe_relpath,
     resolve_inside,
 )
+from fileshare.sync.watcher import relevant_paths
 
 GOOD = ["a", "a/b.txt", "dir/sub/ü.md", ".hidden", "a..b", "...", "x/.fileshare", "name with space"]
 BAD = [
@@ -99,6 +100,55 @@ def test_folder_root_replaces_a_symlink_not_its_target(tmp_path: Path) -> None:
     assert target.read_bytes() == b"keep"
 
 
+def test_write_files_checks_then_installs(tmp_path: Path) -> None:
+    mtime = 1_600_000_000_123_456_789
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "old").write_bytes(b"replace me")
+    (tmp_path / "d" / "keep").write_bytes(b"mine")
+    files = [
+        ("d/new/one", b"one", 0o640, mtime),
+        ("d/old", b"", 0o600, 5),
+        ("d/keep", b"x" * 70_000, 0o755, 7),
+    ]
+    seen: dict[str, int | None] = {}
+
+    def check(rel: str, st: os.stat_result | None) -> None:
+        seen[rel] = None if st is None else st.st_size
+        if rel == "d/keep":
+            raise FileshareError("changed locally")
+
+    with FolderRoot(tmp_path) as fr:
+        out = fr.write_files(files, check)
+        assert list((tmp_path / ".fileshare" / "tmp").iterdir()) == []
+    assert seen == {"d/new/one": None, "d/old": 10, "d/keep": 4}
+    for (rel, data, mode, t), got in zip(files[:2], out[:2], strict=True):
+        assert isinstance(got, os.stat_result)
+        assert (got.st_size, got.st_mode & 0o777, got.st_mtime_ns) == (len(data), mode, t)
+        on_disk = (tmp_path / rel).stat()
+        assert (tmp_path / rel).read_bytes() == data and on_disk.st_ino == got.st_ino
+    assert isinstance(out[2], FileshareError) and (tmp_path / "d" / "keep").read_bytes() == b"mine"
+
+
+def test_write_files_never_follows_symlinks(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (root / "link").symlink_to(outside)
+    (root / "flink").symlink_to(outside / "target")
+    with FolderRoot(root) as fr:
+        out = fr.write_files(
+            [("link/evil", b"1", 0o644, 0), ("flink", b"2", 0o644, 0)], lambda _r, _s: None
+        )
+        assert all(isinstance(o, UnsafePath) for o in out)
+        os.rmdir(fr.tmp_path)
+        fr.tmp_path.symlink_to(outside)
+        with pytest.raises(UnsafePath):
+            fr.write_files([("ok", b"evil", 0o644, 0)], lambda _r, _s: None)
+    assert list(outside.iterdir()) == []
+    assert not (root / "ok").exists()
+
+
 def test_trash_and_prune(tmp_path: Path) -> None:
     (tmp_path / "d" / "e").mkdir(parents=True)
     (tmp_path / "d" / "e" / "f").write_bytes(b"1")
@@ -150,3 +200,23 @@ def test_no_generated_name_escapes(
             tmp.unlink(missing_ok=True)
     # nothing appeared outside the folder
     assert sorted(p.name for p in base.iterdir()) == ["root"]
+
+
+def test_watcher_keeps_only_paths_outside_the_reserved_area() -> None:
+    base = "/data/folder"
+    events = [
+        "/data/folder/a.txt",
+        "/data/folder/sub/b.txt",
+        "/data/folder/.fileshare",
+        "/data/folder/.fileshare/tmp/0123",
+        "/data/folder/.fileshareignore",
+        "/data/folder/x/.fileshare/y",  # reserved only at the top
+        "/data/folder",
+        "/data/folder2/c.txt",
+    ]
+    assert relevant_paths(base, events) == {
+        "a.txt",
+        "sub/b.txt",
+        ".fileshareignore",
+        "x/.fileshare/y",
+    }
