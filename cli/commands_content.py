@@ -21,13 +21,12 @@ from multiaddr import Multiaddr
 from fileshare.content.cid import CID, HASH_NAMES
 from fileshare.content.ingest import ImportResult, import_file
 from fileshare.content.layout import DEFAULT_PROFILE, PROFILES, Layout, make_layout
-from fileshare.content.reader import decode_block
 from fileshare.errors import DecodeError, NotFound, VerificationError
 from fileshare.fetch import DEFAULT_STALL_TIMEOUT, FetchProgress, FetchResult
 from fileshare.limits import MIB
 from fileshare.net import addrs
 from fileshare.node import open_node, read_daemon_addrs
-from fileshare.repo import Pin, Repo
+from fileshare.repo import Pin, Repo, pin_cid
 
 from .commands_daemon import running_daemon
 from .commands_net import MULTIADDR, _listen_defaults
@@ -461,27 +460,7 @@ def pin(cid: str, name: str) -> None:
         emit({"cid": str(root), "pinned": True}, f"pinned {root}")
         return
     with open_repo() as repo:
-        status = repo.dag_status([root])
-        if status.corrupt:
-            raise VerificationError(f"cannot pin {root}: block {status.corrupt[0]} is corrupt")
-        if status.missing:
-            raise NotFound(
-                f"cannot pin {root}: {len(status.missing)} of its blocks are not in the local store"
-                f" (first: {status.missing[0]})"
-            )
-        node = decode_block(root, repo.blocks.get_sync(root))
-        hash_name = next((n for n, c in HASH_NAMES.items() if c == root.hash_code), "")
-        old = repo.get_pin(root)
-        record = Pin(
-            root,
-            name=name or (old.name if old else ""),
-            size=node.filesize or 0,
-            hash=hash_name,
-            profile=old.profile if old else "",
-            blocks=len(status.reachable),
-            shared=old.shared if old else False,
-        )
-        repo.add_pin(record)
+        pin_cid(repo, root, name)
     emit({"cid": str(root), "pinned": True}, f"pinned {root}")
 
 

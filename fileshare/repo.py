@@ -27,8 +27,8 @@ from pathlib import Path
 from types import TracebackType
 
 from .content.blockstore import Blockstore
-from .content.cid import CID, IDENTITY, RAW
-from .content.reader import child_cids
+from .content.cid import CID, HASH_NAMES, IDENTITY, RAW
+from .content.reader import child_cids, decode_block
 from .errors import FileshareError, NotFound, VerificationError
 
 MIGRATIONS: list[str] = [
@@ -407,3 +407,29 @@ def _migrate(db: sqlite3.Connection) -> None:
         except BaseException:
             db.execute("ROLLBACK")
             raise
+
+
+def pin_cid(repo: Repo, root: CID, name: str = "") -> Pin:
+    """Pin ``root`` if its whole DAG is in the store (blocking)."""
+    status = repo.dag_status([root])
+    if status.corrupt:
+        raise VerificationError(f"cannot pin {root}: block {status.corrupt[0]} is corrupt")
+    if status.missing:
+        raise NotFound(
+            f"cannot pin {root}: {len(status.missing)} of its blocks are not in the local store"
+            f" (first: {status.missing[0]})"
+        )
+    node = decode_block(root, repo.blocks.get_sync(root))
+    hash_name = next((n for n, c in HASH_NAMES.items() if c == root.hash_code), "")
+    old = repo.get_pin(root)
+    return repo.add_pin(
+        Pin(
+            root,
+            name=name or (old.name if old else ""),
+            size=node.filesize or 0,
+            hash=hash_name,
+            profile=old.profile if old else "",
+            blocks=len(status.reachable),
+            shared=old.shared if old else False,
+        )
+    )

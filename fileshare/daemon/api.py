@@ -51,7 +51,7 @@ from ..content.reader import decode_block
 from ..errors import DecodeError, FileshareError, LimitExceeded, NotFound, VerificationError
 from ..net import addrs
 from ..node import Node
-from ..repo import Pin, Repo, RepoBusy
+from ..repo import Repo, RepoBusy, pin_cid
 from .http import HTTPError, Request, Response, Write, error_response, json_response
 
 log = logging.getLogger("fileshare.daemon.api")
@@ -167,32 +167,6 @@ def stat_cid(repo: Repo, cid: CID) -> Json:
     if pin is not None:
         info.update(name=pin.name, shared=pin.shared, size=pin.size)
     return info
-
-
-def pin_cid(repo: Repo, root: CID, name: str = "") -> Pin:
-    """Pin ``root`` if its whole DAG is in the store (blocking)."""
-    status = repo.dag_status([root])
-    if status.corrupt:
-        raise VerificationError(f"cannot pin {root}: block {status.corrupt[0]} is corrupt")
-    if status.missing:
-        raise NotFound(
-            f"cannot pin {root}: {len(status.missing)} of its blocks are not in the local store"
-            f" (first: {status.missing[0]})"
-        )
-    node = decode_block(root, repo.blocks.get_sync(root))
-    hash_name = next((n for n, c in HASH_NAMES.items() if c == root.hash_code), "")
-    old = repo.get_pin(root)
-    return repo.add_pin(
-        Pin(
-            root,
-            name=name or (old.name if old else ""),
-            size=node.filesize or 0,
-            hash=hash_name,
-            profile=old.profile if old else "",
-            blocks=len(status.reachable),
-            shared=old.shared if old else False,
-        )
-    )
 
 
 class Api:

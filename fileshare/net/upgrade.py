@@ -39,6 +39,10 @@ _STREAM_ERRORS = (
     EOFError,
 )
 
+# what a protocol service catches around one stream's I/O: the stream or its connection went
+# away, timed out, or the peer broke a protocol rule (FileshareError and subclasses)
+STREAM_FAILURES = (*_STREAM_ERRORS, trio.TooSlowError, FileshareError)
+
 _ids = itertools.count(1)
 
 

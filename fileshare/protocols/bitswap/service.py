@@ -40,10 +40,11 @@ import trio
 
 from ...content.blockstore import Blockstore
 from ...content.cid import CID
-from ...errors import DecodeError, FileshareError, LimitExceeded, NotFound, VerificationError
+from ...errors import DecodeError, LimitExceeded, NotFound, VerificationError
 from ...identity.peerid import PeerId
 from ...limits import BITSWAP_MAX_MESSAGE, BITSWAP_MAX_WANTLIST_ENTRIES, KIB, NEGOTIATION_TIMEOUT
 from ...net.host import Connection, Host, NetStream
+from ...net.upgrade import STREAM_FAILURES
 from ...wire.varint import try_decode_varint
 from .client import FetchSession, FileOutput
 from .messages import (
@@ -75,15 +76,7 @@ _TRIM_THRESHOLD = 16 * 1024 * KIB  # free heap kept for reuse before it is given
 # its holder still needs (the session's default, a half, cost ~2-6 % duplicate bytes across four
 # equally capped providers in bench/fetch.py; this keeps copies for really slow holders).
 ENDGAME_MARGIN = 0.25
-_STREAM_ERRORS = (
-    trio.BrokenResourceError,
-    trio.ClosedResourceError,
-    trio.EndOfChannel,
-    trio.TooSlowError,
-    OSError,
-    EOFError,
-    FileshareError,
-)
+_STREAM_ERRORS = STREAM_FAILURES
 
 
 @functools.cache

@@ -35,6 +35,7 @@ from ...limits import (
     PUBSUB_SUBSCRIBER_BUFFER,
 )
 from ...net.host import Connection, Host, NetStream
+from ...net.upgrade import STREAM_FAILURES
 from ...wire.protobuf import LengthPrefixedDecoder, length_prefixed
 from .router import Delivered, GossipConfig, GossipRouter, Output, Validator
 from .rpc import PROTOCOLS, RPC, encode_rpc
@@ -46,15 +47,7 @@ log = logging.getLogger("fileshare.protocols.pubsub")
 
 _READ_CHUNK = 64 * 1024
 _COALESCE = 256 * 1024  # bytes of queued frames written with one send_all
-_STREAM_ERRORS = (
-    trio.BrokenResourceError,
-    trio.ClosedResourceError,
-    trio.EndOfChannel,
-    trio.TooSlowError,
-    OSError,
-    EOFError,
-    FileshareError,
-)
+_STREAM_ERRORS = STREAM_FAILURES
 
 
 class _Session:
