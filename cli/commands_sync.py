@@ -8,11 +8,13 @@ one-line invite; ``fileshare sync DIR2 --join INVITE`` joins it. Addresses to di
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import signal
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +32,9 @@ from fileshare.sync.folder import parse_folder_id
 from fileshare.sync.network import SyncService
 from fileshare.sync.paths import RESERVED_DIR
 
+from .commands_content import fetch_progress
 from .commands_net import MULTIADDR
-from .common import common_options, emit, options
+from .common import common_options, emit, is_terminal, options
 
 log = logging.getLogger("fileshare.cli")
 
@@ -184,13 +187,23 @@ async def _run_sync(
                 node.nursery.start_soon(node.connect, addr)
             folder = SyncFolder(directory, node.repo, node.host.key, config)
             service = SyncService(node, folder, on_event=_print_event)
+            bar = fetch_progress("syncing") if is_terminal() else contextlib.nullcontext(None)
             try:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(service.run)
-                    async for signum in signals:
-                        log.info("received %s, shutting down", signal.Signals(signum).name)
-                        break
-                    nursery.cancel_scope.cancel()
+                with bar as update:
+                    if update is not None:
+                        show = update
+                        # a fetch of a whole snapshot tree has no single file size: show its bytes
+                        service.on_fetch_progress = lambda p: show(
+                            p
+                            if p.file_size is not None
+                            else replace(p, file_bytes_done=p.bytes_done)
+                        )
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(service.run)
+                        async for signum in signals:
+                            log.info("received %s, shutting down", signal.Signals(signum).name)
+                            break
+                        nursery.cancel_scope.cancel()
             finally:
                 folder.close()
             if opts.json:

@@ -157,9 +157,11 @@ class SyncService:
         rescan_interval: float | None = None,
         republish_interval: float = SYNC_REPUBLISH_INTERVAL,
         stall_timeout: float = SYNC_FETCH_STALL_TIMEOUT,
+        on_fetch_progress: Callable[[FetchProgress], None] | None = None,
     ) -> None:
         self.node = node
         self.folder = folder
+        self.on_fetch_progress = on_fetch_progress  # every block fetch's progress (a UI's bar)
         self.config = folder.config
         self.topic = folder_topic(self.config.folder)
         self.writer = self.config.may_write(node.peer_id)
@@ -434,8 +436,11 @@ class SyncService:
             if p.bytes_done > limit or (p.file_size is not None and p.file_size > limit):
                 over = True
                 scope.cancel()
-            elif on_progress is not None:
+                return
+            if on_progress is not None:
                 on_progress()
+            if self.on_fetch_progress is not None:
+                self.on_fetch_progress(p)
 
         interval = 0.1 if on_progress is None else _BULK_TICK
         with trio.CancelScope() as scope:
