@@ -27,8 +27,8 @@ from fileshare.identity.peerid import PeerId
 from fileshare.net import addrs
 from fileshare.net.tcp import ListenError
 from fileshare.node import Node, load_identity, open_node
-from fileshare.sync import FolderConfig, SyncFolder, format_invite, parse_invite
-from fileshare.sync.folder import parse_folder_id
+from fileshare.sync import FolderConfig, SyncFolder, format_invite
+from fileshare.sync.folder import resolve_config
 from fileshare.sync.network import SyncService
 from fileshare.sync.paths import RESERVED_DIR
 
@@ -78,47 +78,6 @@ def _remember_peers(directory: Path, new: list[Multiaddr]) -> list[Multiaddr]:
     if new:
         _write_json(directory / PEERS_FILE, [str(a) for a in merged])
     return merged
-
-
-def _resolve_config(
-    directory: Path,
-    me: PeerId,
-    folder_id: str | None,
-    allow: tuple[str, ...],
-    invite_text: str | None,
-) -> tuple[FolderConfig, bool, list[Multiaddr]]:
-    """The folder config (created, joined or loaded), whether it is new, and the invite's addrs."""
-    try:
-        writers = [PeerId.from_string(a) for a in allow]
-    except (DecodeError, ValueError) as exc:
-        raise click.BadParameter(str(exc), param_hint="--allow") from None
-    existing = FolderConfig.load(directory)
-    if invite_text is not None:
-        try:
-            invite = parse_invite(invite_text)
-        except DecodeError as exc:
-            raise click.BadParameter(str(exc), param_hint="--join") from None
-        if existing is not None and existing.folder != invite.folder:
-            raise FileshareError(f"{directory} already syncs folder {existing.id_text}")
-        config = FolderConfig(invite.folder, invite.config.writers | frozenset(writers))
-        config.save(directory)
-        return config, existing is None, list(invite.addrs)
-    if existing is None:
-        try:
-            folder = parse_folder_id(folder_id) if folder_id else None
-        except DecodeError as exc:
-            raise click.BadParameter(str(exc), param_hint="--folder") from None
-        config = FolderConfig.create(me, writers)
-        if folder is not None:
-            config = FolderConfig(folder, config.writers)
-        config.save(directory)
-        return config, True, []
-    if folder_id and folder_id != existing.id_text:
-        raise FileshareError(f"{directory} already syncs folder {existing.id_text}")
-    if writers and not existing.writers.issuperset(writers):
-        existing = FolderConfig(existing.folder, existing.writers | frozenset(writers))
-        existing.save(directory)
-    return existing, False, []
 
 
 async def _listen(node: Node, listen: tuple[Multiaddr, ...], directory: Path) -> None:
@@ -250,7 +209,12 @@ def sync_command(
         return  # the daemon on this repository syncs it
     key = load_identity(options().repo)
     me = PeerId.from_public_key(key.public_key())
-    config, created, invited = _resolve_config(directory, me, folder_id, allow, invite)
+    try:
+        config, created, invited = resolve_config(
+            directory, me, join=invite, folder=folder_id, allow=allow
+        )
+    except DecodeError as exc:
+        raise click.BadParameter(str(exc)) from None
     remembered = _remember_peers(directory, [*invited, *peers])
     trio.run(_run_sync, directory, config, created, listen, remembered, not no_mdns)
 

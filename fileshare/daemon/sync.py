@@ -23,12 +23,11 @@ import trio
 from multiaddr import Multiaddr
 
 from ..errors import DecodeError, FileshareError, NotFound
-from ..identity.peerid import PeerId
 from ..limits import SYNC_MAX_INVITE_ADDRS, SYNC_REDIAL_INTERVAL
 from ..net import addrs as _addrs
 from ..node import Node
-from ..sync import FolderConfig, SyncFolder, format_invite, parse_invite
-from ..sync.folder import parse_folder_id
+from ..sync import FolderConfig, SyncFolder, format_invite
+from ..sync.folder import FolderConflict, parse_folder_id, resolve_config
 from ..sync.network import SyncService, folder_topic, rendezvous_key
 
 log = logging.getLogger("fileshare.daemon.sync")
@@ -36,46 +35,6 @@ log = logging.getLogger("fileshare.daemon.sync")
 STATE_FILE = "sync-folders.json"
 STOP_TIMEOUT = 15.0  # seconds a stopping folder may take to wind down
 Json = dict[str, Any]
-
-
-class FolderConflict(FileshareError):
-    """The directory or folder id is already synced differently."""
-
-
-def resolve_config(
-    directory: Path,
-    me: PeerId,
-    *,
-    join: str | None = None,
-    folder: str | None = None,
-    allow: Sequence[str] = (),
-) -> tuple[FolderConfig, bool, list[Multiaddr]]:
-    """The folder config of ``directory`` (joined, created or loaded and saved there), whether it
-    is new, and the invite's addresses. Raises ``DecodeError`` for bad input."""
-    try:
-        writers = frozenset(PeerId.from_string(a) for a in allow)
-    except (DecodeError, ValueError) as exc:
-        raise DecodeError(f"allow: {exc}") from None
-    existing = FolderConfig.load(directory)
-    if join:
-        invite = parse_invite(join)
-        if existing is not None and existing.folder != invite.folder:
-            raise FolderConflict(f"{directory} already syncs folder {existing.id_text}")
-        config = FolderConfig(invite.folder, invite.config.writers | writers)
-        config.save(directory)
-        return config, existing is None, list(invite.addrs)
-    if existing is None:
-        config = FolderConfig.create(me, writers)
-        if folder:
-            config = FolderConfig(parse_folder_id(folder), config.writers)
-        config.save(directory)
-        return config, True, []
-    if folder and folder != existing.id_text:
-        raise FolderConflict(f"{directory} already syncs folder {existing.id_text}")
-    if not existing.writers.issuperset(writers):
-        existing = FolderConfig(existing.folder, existing.writers | writers)
-        existing.save(directory)
-    return existing, False, []
 
 
 @dataclass(eq=False)

@@ -16,7 +16,7 @@ import binascii
 import json
 import os
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -178,3 +178,43 @@ def parse_invite(text: str) -> Invite:
     if not writers or len(set(writers)) != len(writers):
         raise DecodeError("invite without writers, or with one listed twice")
     return Invite(folder, tuple(writers), tuple(addrs))
+
+
+class FolderConflict(FileshareError):
+    """The directory or folder id is already synced differently."""
+
+
+def resolve_config(
+    directory: Path,
+    me: PeerId,
+    *,
+    join: str | None = None,
+    folder: str | None = None,
+    allow: Sequence[str] = (),
+) -> tuple[FolderConfig, bool, list[Multiaddr]]:
+    """The folder config of ``directory`` (joined, created or loaded and saved there), whether it
+    is new, and the invite's addresses. Raises ``DecodeError`` for bad input."""
+    try:
+        writers = frozenset(PeerId.from_string(a) for a in allow)
+    except (DecodeError, ValueError) as exc:
+        raise DecodeError(f"allow: {exc}") from None
+    existing = FolderConfig.load(directory)
+    if join:
+        invite = parse_invite(join)
+        if existing is not None and existing.folder != invite.folder:
+            raise FolderConflict(f"{directory} already syncs folder {existing.id_text}")
+        config = FolderConfig(invite.folder, invite.config.writers | writers)
+        config.save(directory)
+        return config, existing is None, list(invite.addrs)
+    if existing is None:
+        config = FolderConfig.create(me, writers)
+        if folder:
+            config = FolderConfig(parse_folder_id(folder), config.writers)
+        config.save(directory)
+        return config, True, []
+    if folder and folder != existing.id_text:
+        raise FolderConflict(f"{directory} already syncs folder {existing.id_text}")
+    if not existing.writers.issuperset(writers):
+        existing = FolderConfig(existing.folder, existing.writers | writers)
+        existing.save(directory)
+    return existing, False, []
