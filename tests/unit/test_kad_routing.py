@@ -439,3 +439,20 @@ def test_shipped_preimage_table_is_correct() -> None:
     for prefix, counter in enumerate(counters):
         digest = hashlib.sha256(routing._preimage(counter)).digest()
         assert digest[0] << 8 | digest[1] == prefix
+
+
+def test_refresh_keys_from_many_threads_at_first_use() -> None:
+    """The preimage table is built once and never seen half-filled by a concurrent thread."""
+    import random
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fileshare.protocols.kad import routing
+
+    routing._prefix_table.clear()  # as in a fresh process
+    with ThreadPoolExecutor(8) as pool:
+        keys = list(
+            pool.map(
+                lambda i: routing.refresh_key((1 << 255) - 1, i % 16, random.Random(i)), range(64)
+            )
+        )
+    assert len(keys) == 64 and len(routing._prefix_table) == 1 << 16

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -109,6 +110,7 @@ def _ip_groups(addrs: tuple[bytes, ...], config: DiversityConfig) -> frozenset[I
 
 _PREFIX_BITS = 16
 _prefix_table: list[bytes] = []
+_prefix_lock = threading.Lock()
 
 
 def _preimage(counter: int) -> bytes:
@@ -146,10 +148,16 @@ def _load_preimage_counters() -> list[int] | None:
 
 
 def _preimages() -> list[bytes]:
-    """For every 16-bit prefix, a sha256-multihash-shaped key whose kad key starts with it."""
-    if not _prefix_table:
-        counters = _load_preimage_counters() or compute_preimage_counters()
-        _prefix_table.extend(_preimage(c) for c in counters)
+    """For every 16-bit prefix, a sha256-multihash-shaped key whose kad key starts with it.
+
+    Refresh keys are made in worker threads: the table is built whole, then published under a
+    lock, so no thread ever indexes a partly filled one.
+    """
+    if len(_prefix_table) != 1 << _PREFIX_BITS:
+        with _prefix_lock:
+            if len(_prefix_table) != 1 << _PREFIX_BITS:
+                counters = _load_preimage_counters() or compute_preimage_counters()
+                _prefix_table[:] = [_preimage(c) for c in counters]
     return _prefix_table
 
 
