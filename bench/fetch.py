@@ -313,6 +313,11 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3, help="(a) timed runs after the warm-up")
     ap.add_argument("--compare", default=None, help="(a) also fetch with this tree's fileshare")
     args = ap.parse_args()
+    # byte-compiled like a regular install (an editable one is not; see tools/dev.py)
+    subprocess.run([sys.executable, "-m", "compileall", "-q", "fileshare", "cli"], cwd=ROOT, check=True)
+    if args.compare:
+        subprocess.run([sys.executable, "-m", "compileall", "-q", "fileshare", "cli"],
+                       cwd=args.compare, check=True)
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     print(f"cpus={os.cpu_count()} load={os.getloadavg()[0]:.1f} python={sys.version.split()[0]}")
     with tempfile.TemporaryDirectory(dir=args.workdir, prefix="fetch-bench-") as tmp:

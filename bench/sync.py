@@ -264,6 +264,8 @@ def main() -> None:
     p.add_argument("--files", type=int, default=10_000, help="files in (c), 100 per directory")
     p.add_argument("--spy", default="", help="(c) under py-spy: raw profiles to SPY.source/.freshN")
     args = p.parse_args()
+    # byte-compiled like a regular install (an editable one is not; see tools/dev.py)
+    subprocess.run([sys.executable, "-m", "compileall", "-q", "fileshare", "cli"], cwd=ROOT, check=True)
     skip = set(args.skip.split(",")) - {""}
     base = Path(tempfile.mkdtemp(prefix="fs-bench-sync-"))
     try:

@@ -50,6 +50,16 @@ def ensure_venv(extras: str) -> None:
     stamp.write_text(want)
 
 
+def compile_sources() -> None:
+    """Byte-compile our packages, as a regular (non-editable) install does.
+
+    An editable install leaves them as source, and where PYTHONDONTWRITEBYTECODE is set (as on
+    some CI machines) every `fileshare` process the demo or the tests start would compile them
+    again: ~0.1 s of CPU per process start. Only changed files are recompiled.
+    """
+    subprocess.run([str(PY), "-m", "compileall", "-q", "fileshare", "cli"], check=True, cwd=ROOT)
+
+
 def ensure_node_modules() -> None:
     npm = shutil.which("npm")
     if shutil.which("node") is None or npm is None:
@@ -66,6 +76,7 @@ def ensure_node_modules() -> None:
 def cmd_test(args: list[str]) -> int:
     ensure_venv("test")
     ensure_node_modules()
+    compile_sources()
     bin_dir = PY.parent
     run([str(bin_dir / "ruff"), "check", "fileshare", "cli", "tests", "bench", "tools"])
     run([str(bin_dir / "mypy"), "--strict", "fileshare", "cli"])
@@ -77,6 +88,7 @@ def cmd_test(args: list[str]) -> int:
 
 def cmd_demo(args: list[str]) -> int:
     ensure_venv("")
+    compile_sources()
     return subprocess.run([str(PY), str(ROOT / "tools" / "demo.py"), *args], cwd=ROOT).returncode
 
 
@@ -88,6 +100,7 @@ def main() -> int:
     if command == "setup":
         ensure_venv("test")
         ensure_node_modules()
+        compile_sources()
         return 0
     return cmd_test(rest) if command == "test" else cmd_demo(rest)
 

@@ -441,18 +441,34 @@ def test_shipped_preimage_table_is_correct() -> None:
         assert digest[0] << 8 | digest[1] == prefix
 
 
-def test_refresh_keys_from_many_threads_at_first_use() -> None:
-    """The preimage table is built once and never seen half-filled by a concurrent thread."""
+def test_refresh_keys_from_many_threads_at_first_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Refresh keys land in the asked-for bucket, from the shipped table and, when it is missing,
+    from the computed one, which is built once and never seen half-filled by another thread."""
+    import hashlib
     import random
     from concurrent.futures import ThreadPoolExecutor
 
     from fileshare.protocols.kad import routing
 
-    routing._prefix_table.clear()  # as in a fresh process
-    with ThreadPoolExecutor(8) as pool:
-        keys = list(
-            pool.map(
-                lambda i: routing.refresh_key((1 << 255) - 1, i % 16, random.Random(i)), range(64)
+    local = (1 << 255) - 1
+
+    def keys() -> list[bytes]:
+        with ThreadPoolExecutor(8) as pool:
+            return list(
+                pool.map(lambda i: routing.refresh_key(local, i % 16, random.Random(i)), range(64))
             )
-        )
-    assert len(keys) == 64 and len(routing._prefix_table) == 1 << 16
+
+    def check(found: list[bytes]) -> None:
+        for i, key in enumerate(found):
+            kad = int.from_bytes(hashlib.sha256(key).digest(), "big")
+            cpl = 256 - (kad ^ local).bit_length()
+            assert cpl == i % 16
+
+    monkeypatch.setattr(routing, "_shipped", None)  # as in a fresh process
+    check(keys())
+    assert routing._shipped and not routing._prefix_table  # shipped table: nothing computed
+
+    monkeypatch.setattr(routing, "_shipped", b"")  # as if preimages.bin were missing
+    monkeypatch.setattr(routing, "_prefix_table", [])
+    check(keys())
+    assert len(routing._prefix_table) == 1 << 16

@@ -154,7 +154,7 @@ class Payload:
     """One block as sent since 1.1.0: its CID prefix and its bytes."""
 
     prefix: Prefix
-    data: bytes
+    data: bytes | memoryview  # a received block is a view into its message (no copy)
 
     @classmethod
     def of(cls, cid: CID, data: bytes) -> Payload:
@@ -245,10 +245,10 @@ def _field_head(field: int, length: int) -> bytes:
     return encode_varint(field << 3 | 2) + encode_varint(length)
 
 
-def _encode_parts(msg: Message) -> list[bytes]:
+def _encode_parts(msg: Message) -> list[bytes | memoryview]:
     """The encoded message as pieces to join (block data is referenced, not copied)."""
     validate_message(msg)
-    parts: list[bytes] = []
+    parts: list[bytes | memoryview] = []
     if msg.wantlist is not None:
         wl = Writer()
         for entry in msg.wantlist.entries:
@@ -343,14 +343,15 @@ def _check_block(data: bytes | memoryview) -> None:
 
 def _decode_payload(data: memoryview) -> Payload:
     prefix: Prefix | None = None
-    block = b""
+    block: bytes | memoryview = b""
     for field, wt, value in iter_fields(data):
         if field == 1:
             prefix = Prefix.decode(expect_bytes(wt, value, "Block.prefix"))
         elif field == 2:
-            if isinstance(value, memoryview):
-                _check_block(value)
-            block = expect_bytes(wt, value, "Block.data")
+            if not isinstance(value, memoryview):
+                raise DecodeError("Block.data: expected a length-delimited field")
+            _check_block(value)
+            block = value
     if prefix is None:
         raise DecodeError("payload block without a CID prefix")
     return Payload(prefix, block)

@@ -80,8 +80,8 @@ class StoreBlock:
     """
 
     cid: CID
-    data: bytes
-    parts: tuple[tuple[int, bytes], ...] = ()
+    data: bytes | memoryview  # a received block may be a view into its message
+    parts: tuple[tuple[int, bytes | memoryview], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,7 +254,7 @@ class Session(Generic[P]):
                 continue
             self.on_verified_block(peer, cid, payload.data, now)
 
-    def on_verified_block(self, peer: P, cid: CID, data: bytes, now: float) -> None:
+    def on_verified_block(self, peer: P, cid: CID, data: bytes | memoryview, now: float) -> None:
         """A block whose ``cid`` was computed by hashing ``data`` (e.g. ``Payload.cid()``)."""
         p = self._peers.get(peer)
         if p is None or self.error is not None:
@@ -389,7 +389,9 @@ class Session(Generic[P]):
             block.state = _PENDING
             self._pending.append(mh)
 
-    def _complete(self, block: _Block, data: bytes | None, peer: _Peer[P] | None) -> None:
+    def _complete(
+        self, block: _Block, data: bytes | memoryview | None, peer: _Peer[P] | None
+    ) -> None:
         mh = block.cid.multihash
         del self._blocks[mh]
         self._done.add(mh)
@@ -402,11 +404,11 @@ class Session(Generic[P]):
         node = None
         if block.cid.codec != RAW and data is not None:
             try:
-                node = decode_block(block.cid, data)
+                node = decode_block(block.cid, bytes(data))
             except DecodeError as exc:
                 self.error = exc
                 return
-        parts: tuple[tuple[int, bytes], ...] = ()
+        parts: tuple[tuple[int, bytes | memoryview], ...] = ()
         if block.offsets is not None:
             parts = self._parts(block, data, node, peer is not None)
         if peer is not None and data is not None:
@@ -437,8 +439,8 @@ class Session(Generic[P]):
                 base += node.blocksizes[i]
 
     def _parts(
-        self, block: _Block, data: bytes | None, node: Node | None, fetched: bool
-    ) -> tuple[tuple[int, bytes], ...]:
+        self, block: _Block, data: bytes | memoryview | None, node: Node | None, fetched: bool
+    ) -> tuple[tuple[int, bytes | memoryview], ...]:
         """Where ``block``'s file bytes go; clears ``_parts_ok`` if it does not fit the file."""
         assert block.offsets is not None
         if node is None:

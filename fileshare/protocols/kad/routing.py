@@ -111,6 +111,7 @@ def _ip_groups(addrs: tuple[bytes, ...], config: DiversityConfig) -> frozenset[I
 _PREFIX_BITS = 16
 _prefix_table: list[bytes] = []
 _prefix_lock = threading.Lock()
+_shipped: bytes | None = None  # preimages.bin once read (b"": not shipped)
 
 
 def _preimage(counter: int) -> bytes:
@@ -137,28 +138,40 @@ def compute_preimage_counters() -> list[int]:
     return [c for c in table if c is not None]
 
 
-def _load_preimage_counters() -> list[int] | None:
+def _shipped_data() -> bytes | None:
+    """``preimages.bin`` (3 bytes per prefix), or None if it is missing or the wrong size."""
     try:
         data = (resources.files(__package__) / "preimages.bin").read_bytes()
     except (OSError, TypeError):
         return None
-    if len(data) != 3 << _PREFIX_BITS:
+    return data if len(data) == 3 << _PREFIX_BITS else None
+
+
+def _load_preimage_counters() -> list[int] | None:
+    data = _shipped_data()
+    if data is None:
         return None
     return [int.from_bytes(data[i : i + 3], "big") for i in range(0, len(data), 3)]
 
 
-def _preimages() -> list[bytes]:
-    """For every 16-bit prefix, a sha256-multihash-shaped key whose kad key starts with it.
+def _preimage_for(prefix: int) -> bytes:
+    """A sha256-multihash-shaped key whose kad key starts with the 16-bit ``prefix``.
 
-    Refresh keys are made in worker threads: the table is built whole, then published under a
-    lock, so no thread ever indexes a partly filled one.
+    Read from the shipped table (one entry decoded per call, so a process that refreshes a few
+    buckets does not decode 65,536); if the file is missing, the whole table is computed once,
+    built whole and published under a lock (refresh keys are made in worker threads, and no
+    thread may index a partly filled table).
     """
+    global _shipped
+    if _shipped is None:
+        _shipped = _shipped_data() or b""
+    if _shipped:
+        return _preimage(int.from_bytes(_shipped[prefix * 3 : prefix * 3 + 3], "big"))
     if len(_prefix_table) != 1 << _PREFIX_BITS:
         with _prefix_lock:
             if len(_prefix_table) != 1 << _PREFIX_BITS:
-                counters = _load_preimage_counters() or compute_preimage_counters()
-                _prefix_table[:] = [_preimage(c) for c in counters]
-    return _prefix_table
+                _prefix_table[:] = [_preimage(c) for c in compute_preimage_counters()]
+    return _prefix_table[prefix]
 
 
 def refresh_key(local_key: int, cpl: int, rng: random.Random) -> bytes:
@@ -170,7 +183,7 @@ def refresh_key(local_key: int, cpl: int, rng: random.Random) -> bytes:
     keep_mask = ((1 << _PREFIX_BITS) - 1) ^ (flip * 2 - 1)  # bits above the flipped one
     low = rng.getrandbits(_PREFIX_BITS - 1 - cpl) if cpl < _PREFIX_BITS - 1 else 0
     prefix = (top & keep_mask) | ((top & flip) ^ flip) | low
-    return _preimages()[prefix]
+    return _preimage_for(prefix)
 
 
 # --- the table ---
