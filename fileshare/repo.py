@@ -2,7 +2,7 @@
 
 ::
 
-    <repo>/blocks/        Blockstore (one file per block)
+    <repo>/blocks/        Blockstore (blocks over 64 KiB one file each, smaller ones in small.sqlite)
     <repo>/meta.sqlite    pins (= shares): root CID, name, size, hash, profile, block count, time
     <repo>/identity.key   the node's private key (written by fileshare.identity)
     <repo>/repo.lock      flock: importers hold it shared, gc and repairs exclusive
@@ -195,6 +195,7 @@ class Repo:
     def close(self) -> None:
         with self._db_lock:
             self._db.close()
+        self.blocks.close()
 
     def __enter__(self) -> Repo:
         return self
@@ -341,10 +342,8 @@ class Repo:
                 if mh in status.reachable:
                     kept += 1
                     continue
-                path = self.blocks.path_for(mh)
-                with contextlib.suppress(FileNotFoundError):
-                    size = path.stat().st_size
-                    path.unlink()
+                size = self.blocks.size_sync(mh)
+                if size is not None and self.blocks.delete_sync(mh):
                     removed += 1
                     removed_bytes += size
             temp = self.blocks.remove_temp_files_sync()

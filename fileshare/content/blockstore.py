@@ -1,12 +1,15 @@
-"""Blocks on disk: one file per block in a sharded directory, keyed by multihash.
+"""Blocks on disk, keyed by multihash: small ones in one SQLite table, the rest one file each.
 
-Layout: ``<root>/<shard>/<key>`` where ``key`` is the lower-case unpadded base32 of the block's
+Blocks up to ``SMALL_BLOCK_MAX`` (64 KiB: small files, the DAG's inner nodes) are rows of
+``<root>/small.sqlite`` (see ``smallblocks``: an inode per block costs more than the block). Larger
+blocks are files, ``<root>/<shard>/<key>``, where ``key`` is the lower-case unpadded base32 of the block's
 multihash and ``shard`` is the two characters before the key's last one (the "next-to-last/2" scheme,
 which spreads keys evenly because those characters come from the digest). Keying by multihash means
 CIDv0/CIDv1 and raw/dag-pb CIDs of the same bytes share one file.
 
-Writes go to a temporary name in the shard directory and are renamed into place, so a killed process
-never leaves a torn block under a block's name. Blocks are not fsynced one by one (that costs more
+File writes go to a temporary name in the shard directory and are renamed into place, so a killed
+process never leaves a torn block under a block's name (rows are written in transactions). A
+block stored as a file by an older version is still found; a block is stored one way only. Blocks are not fsynced one by one (that costs more
 than the whole import); ``put_many(..., sync=True)`` fsyncs a batch and its directories. After a power
 loss an unsynced block may be missing or truncated; ``get`` verifies hashes by default so such a block
 is reported (``VerificationError``), never served, and ``put`` rewrites a block whose file has the
@@ -32,6 +35,7 @@ import trio
 from ..errors import FileshareError, LimitExceeded, NotFound, VerificationError
 from ..limits import MAX_BLOCK_SIZE
 from .cid import CID, RAW, decode_multihash
+from .smallblocks import SMALL_BLOCK_MAX, BlockDatabaseError, SmallBlocks
 
 Buffer = bytes | bytearray | memoryview
 
@@ -73,9 +77,14 @@ class Blockstore:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self._root = str(self.root)
+        self.small = SmallBlocks(self.root / "small.sqlite")
+
+    def close(self) -> None:
+        self.small.close()
 
     # --- paths ---
     def path_for(self, cid_or_multihash: CID | bytes) -> Path:
+        """Where the block is (or would be) as a file; small blocks are rows instead."""
         return Path(self._path(cid_or_multihash))
 
     def _path(self, cid_or_multihash: CID | bytes) -> str:
@@ -85,15 +94,35 @@ class Blockstore:
 
     # --- sync API (blocking; call from worker threads) ---
     def has_sync(self, cid: CID) -> bool:
-        return os.path.isfile(self._path(cid))
+        return self.small.size(cid.multihash) is not None or os.path.isfile(self._path(cid))
+
+    def size_sync(self, cid_or_multihash: CID | bytes) -> int | None:
+        """The stored block's size in bytes, or None if it is not here."""
+        mh = cid_or_multihash.multihash if isinstance(cid_or_multihash, CID) else cid_or_multihash
+        try:
+            return os.stat(self._path(mh)).st_size
+        except OSError:
+            return self.small.size(mh)
+
+    def sizes_sync(self, multihashes: Iterable[bytes]) -> dict[bytes, int | None]:
+        out: dict[bytes, int | None] = {}
+        rows: list[bytes] = []
+        for mh in multihashes:
+            try:
+                out[mh] = os.stat(self._path(mh)).st_size
+            except OSError:
+                out[mh] = None
+                rows.append(mh)
+        out.update(self.small.sizes(rows))
+        return out
 
     def get_sync(self, cid: CID, verify: bool = True) -> bytes:
-        """The block's bytes; ``NotFound`` if absent, ``VerificationError`` if the file is corrupt."""
+        """The block's bytes; ``NotFound`` if absent, ``VerificationError`` if it is corrupt."""
         path = self._path(cid)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
-            raise NotFound(f"block {cid} is not in the local store") from None
+            return self._get_row(cid, verify)
         try:
             size = os.fstat(fd).st_size
             if size > MAX_BLOCK_SIZE:
@@ -116,6 +145,18 @@ class Blockstore:
             )
         return data
 
+    def _get_row(self, cid: CID, verify: bool) -> bytes:
+        row = self.small.get(cid.multihash)
+        if row is None:
+            raise NotFound(f"block {cid} is not in the local store")
+        if verify and not cid.matches(row):
+            raise VerificationError(
+                f"block {cid} is corrupt in the store ({self.small.path}): its content does "
+                "not match its hash; run `fileshare verify --remove-corrupt` and fetch or add it "
+                "again"
+            )
+        return row
+
     def put_sync(self, cid: CID, data: Buffer, verified: bool = False, sync: bool = False) -> bool:
         """Store one block; returns False if it was already there. See ``put_many_sync``."""
         return self.put_many_sync([(cid, data)], verified=verified, sync=sync) == 1
@@ -130,6 +171,7 @@ class Blockstore:
         """
         written = 0
         dirs: set[str] = set()
+        rows: list[tuple[bytes, Buffer]] = []
         for cid, data in blocks:
             if len(data) > MAX_BLOCK_SIZE:
                 raise LimitExceeded(f"block {cid} is {len(data)} bytes (limit {MAX_BLOCK_SIZE})")
@@ -138,12 +180,23 @@ class Blockstore:
             path = self._path(cid)
             try:
                 if os.stat(path).st_size == len(data):
-                    continue
+                    continue  # present as a file (small ones: written by an older version)
+                if len(data) <= SMALL_BLOCK_MAX:
+                    os.unlink(path)  # a torn file of a small block: it becomes a row
             except FileNotFoundError:
                 pass
+            if len(data) <= SMALL_BLOCK_MAX:
+                rows.append((cid.multihash, data))
+                continue
             self._write(path, data, sync)
             dirs.add(os.path.dirname(path))
             written += 1
+        try:
+            written += self.small.put_many(rows, sync)
+        except BlockDatabaseError as exc:
+            if exc.full:
+                raise no_space(self.root) from exc
+            raise
         if sync:
             for d in dirs:
                 _fsync_dir(d)
@@ -178,14 +231,19 @@ class Blockstore:
             raise
 
     def delete_sync(self, cid_or_multihash: CID | bytes) -> bool:
+        mh = cid_or_multihash.multihash if isinstance(cid_or_multihash, CID) else cid_or_multihash
         try:
-            os.unlink(self._path(cid_or_multihash))
+            os.unlink(self._path(mh))
         except FileNotFoundError:
-            return False
+            return self.small.delete(mh)
         return True
 
     def iter_multihashes(self) -> Iterator[bytes]:
         """Multihashes of every stored block (files that are not block names are skipped)."""
+        yield from self.small.multihashes()
+        yield from self._file_multihashes()
+
+    def _file_multihashes(self) -> Iterator[bytes]:
         for shard in sorted(os.scandir(self.root), key=lambda e: e.name):
             if not shard.is_dir(follow_symlinks=False):
                 continue
@@ -204,8 +262,8 @@ class Blockstore:
             yield CID(1, RAW, mh)
 
     def stats_sync(self) -> StoreStats:
-        count = total = 0
-        for mh in self.iter_multihashes():
+        count, total = self.small.stats()
+        for mh in self._file_multihashes():
             try:
                 total += os.stat(self._path(mh)).st_size
             except FileNotFoundError:

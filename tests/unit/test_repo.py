@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import trio
 
 from fileshare.content import ingest
 from fileshare.content.blockstore import NoSpace
+from fileshare.content.smallblocks import SmallBlocks
 from fileshare.content.builder import build_dag, chunk_bytes
 from fileshare.content.cid import CID, DAG_PB, RAW, SHA2_256
 from fileshare.content.ingest import FileChanged, export_file, import_file
@@ -20,7 +22,10 @@ from fileshare.content.layout import Layout, make_layout
 from fileshare.errors import FileshareError, NotFound, VerificationError
 from fileshare.repo import Pin, Repo, RepoBusy
 
+from ..storeutil import corrupt_block
+
 SMALL = Layout(chunk_size=1024, max_links=4)  # 3+ levels for a few KiB
+MIB = 1 << 20
 
 
 @pytest.fixture
@@ -32,12 +37,6 @@ def repo(tmp_path: Path) -> Iterator[Repo]:
 def write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
-
-
-def corrupt(path: Path) -> None:
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    path.write_bytes(bytes(data))
 
 
 def leftovers(directory: Path) -> list[str]:
@@ -152,14 +151,34 @@ async def test_import_errors(repo: Repo, tmp_path: Path) -> None:
 async def test_import_disk_full(
     repo: Repo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    src = write(tmp_path / "a", os.urandom(20_000))
+    """Block files (ENOSPC from write) and small-block rows (SQLITE_FULL) both say NoSpace."""
+    big = write(tmp_path / "a", os.urandom(3 * MIB))
 
     def full(fd: int, buf: object) -> int:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("fileshare.content.blockstore.os.write", full)
+    with monkeypatch.context() as m:
+        m.setattr("fileshare.content.blockstore.os.write", full)
+        with pytest.raises(NoSpace, match="no space left on device"):
+            await import_file(repo, big, make_layout())
+    assert repo.pins() == []
+
+    small = write(tmp_path / "b", os.urandom(400_000))
+    db = sqlite3.connect(repo.blocks.small.path)
+    pages = db.execute("PRAGMA page_count").fetchone()[0]
+    db.close()
+    opener = SmallBlocks._open
+
+    def capped(self: SmallBlocks) -> sqlite3.Connection:
+        conn = opener(self)
+        conn.execute(f"PRAGMA max_page_count={pages + 20}")  # a real SQLITE_FULL, ~80 KB on
+        return conn
+
+    monkeypatch.setattr(SmallBlocks, "_open", capped)
+    repo.blocks.small.close()
+    repo.blocks.small = SmallBlocks(repo.blocks.small.path)  # connections opened capped
     with pytest.raises(NoSpace, match="no space left on device"):
-        await import_file(repo, src, SMALL)
+        await import_file(repo, small, SMALL)
     assert repo.pins() == []
 
 
@@ -178,7 +197,7 @@ async def test_export_corrupt_block_leaves_no_file(repo: Repo, tmp_path: Path) -
     result = await import_file(repo, write(tmp_path / "a", data), SMALL)
     leaf = build_dag(chunk_bytes(data, SMALL.chunk_size), SMALL)[1][3]
     assert leaf.cid.codec == RAW
-    corrupt(repo.blocks.path_for(leaf.cid))
+    corrupt_block(repo.blocks, leaf.cid)
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     with pytest.raises(VerificationError, match=str(leaf.cid)):
@@ -244,7 +263,8 @@ async def test_gc_keeps_pinned_dags_and_removes_the_rest(repo: Repo, tmp_path: P
     shared_prefix = os.urandom(4096)
     keep = await import_file(repo, write(tmp_path / "k", shared_prefix + os.urandom(9000)), SMALL)
     drop = await import_file(repo, write(tmp_path / "d", shared_prefix + os.urandom(9000)), SMALL)
-    stale = Path(f"{repo.blocks.path_for(keep.root)}.1-1.tmp")
+    stale = Path(f"{repo.blocks.path_for(keep.root)}.1-1.tmp")  # a killed writer's temp file
+    stale.parent.mkdir(exist_ok=True)
     stale.write_bytes(b"junk")
     assert repo.unpin(drop.root)
     before = repo.blocks.stats_sync().blocks
@@ -261,7 +281,7 @@ async def test_gc_keeps_pinned_dags_and_removes_the_rest(repo: Repo, tmp_path: P
 async def test_gc_refuses_when_a_pinned_inner_node_is_corrupt(repo: Repo, tmp_path: Path) -> None:
     result = await import_file(repo, write(tmp_path / "k", os.urandom(9000)), SMALL)
     assert result.root.codec == DAG_PB
-    corrupt(repo.blocks.path_for(result.root))
+    corrupt_block(repo.blocks, result.root)
     count = repo.blocks.stats_sync().blocks
     with pytest.raises(VerificationError, match="gc refused"):
         repo.gc()
@@ -273,7 +293,7 @@ async def test_verify_reports_corrupt_and_missing(repo: Repo, tmp_path: Path) ->
     result = await import_file(repo, write(tmp_path / "k", data), SMALL)
     _, blocks = build_dag(chunk_bytes(data, SMALL.chunk_size), SMALL)
     bad, gone = blocks[0].cid, blocks[1].cid
-    corrupt(repo.blocks.path_for(bad))
+    corrupt_block(repo.blocks, bad)
     repo.blocks.delete_sync(gone)
     report = repo.verify()
     assert not report.ok

@@ -31,7 +31,6 @@ import ctypes
 import ctypes.util
 import functools
 import logging
-import os
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
@@ -117,21 +116,14 @@ class _StoreView:
         mh = cid.multihash
         if mh in self._sizes:
             return self._sizes[mh]
-        return _stat_size(self._blocks, mh)
+        return self._blocks.size_sync(mh)
 
     def has(self, cid: CID) -> bool:
         return self.size(cid) is not None
 
 
-def _stat_size(blocks: Blockstore, mh: bytes) -> int | None:
-    try:
-        return os.stat(blocks.path_for(mh)).st_size
-    except OSError:
-        return None
-
-
 def _stat_sizes(blocks: Blockstore, cids: Sequence[CID]) -> dict[bytes, int | None]:
-    return {c.multihash: _stat_size(blocks, c.multihash) for c in cids}
+    return blocks.sizes_sync(c.multihash for c in cids)
 
 
 def _load_response(blocks: Blockstore, resp: Response[PeerId]) -> bytes:

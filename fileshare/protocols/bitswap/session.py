@@ -44,7 +44,9 @@ _COUNTERS = ("blocks_done", "bytes_done", "blocks_local", "bytes_local", "file_b
 @dataclass(frozen=True, slots=True)
 class SessionConfig:
     initial_window: int = limits.BITSWAP_INITIAL_WINDOW
-    max_window: int = limits.BITSWAP_MAX_WINDOW
+    max_window: int = limits.BITSWAP_MAX_WINDOW  # blocks; more for small blocks, see below
+    max_window_bytes: int = limits.BITSWAP_MAX_WINDOW_BYTES  # raises max_window for small blocks
+    max_window_blocks: int = limits.BITSWAP_MAX_WINDOW_BLOCKS  # ... up to this many
     min_window: int = 1
     queue_target: float = limits.BITSWAP_QUEUE_TARGET  # seconds of throughput in flight
     refill_fraction: float = 0.125  # top a window up once this much of it is free (batched wants)
@@ -211,7 +213,7 @@ class Session(Generic[P]):
             return
         p = self._peers.get(peer)
         if p is None:
-            p = self._peers[peer] = _Peer(peer, supports_have, self.config.max_window, now, now)
+            p = self._peers[peer] = _Peer(peer, supports_have, self._max_window(), now, now)
         if has_blocks or not supports_have:
             self._activate(p)
 
@@ -276,7 +278,7 @@ class Session(Generic[P]):
         self._delivered(p, mh, len(data), now)
         self._activate(p)
         p.strikes = 0
-        p.cap = min(self.config.max_window, p.cap + 1)
+        p.cap = min(self._max_window(), p.cap + 1)
         p.blocks += 1
         p.bytes += len(data)
         for other in self._peers.values():
@@ -580,7 +582,17 @@ class Session(Generic[P]):
             # cover the round trip (bandwidth-delay product) plus queue_target of queueing
             span = cfg.queue_target + (p.latency or 0.0)
             w = math.ceil(p.rate * span / max(self._avg_block, 1.0))
-        return max(cfg.min_window, min(w, p.cap, cfg.max_window))
+        return max(cfg.min_window, min(w, p.cap, self._max_window()))
+
+    def _max_window(self) -> int:
+        """Blocks in flight to one peer at most: ``max_window``, or for small blocks as many as
+        make ``max_window_bytes`` at the mean block size (so 1 KB files are not fetched 64 at a
+        time), never more than ``max_window_blocks``."""
+        cfg = self.config
+        if not self._avg_block:
+            return cfg.max_window
+        by_bytes = int(cfg.max_window_bytes / self._avg_block)
+        return max(cfg.max_window, min(by_bytes, cfg.max_window_blocks))
 
     def _refill(self, p: _Peer[P]) -> int:
         """Free window slots a peer needs before it is sent more wants (one message for several)."""
