@@ -66,6 +66,14 @@ class _PendingDial:
         self.error: FileshareError | None = None
 
 
+def _expected_end(exc: BaseException) -> bool:
+    """A stream handler's exception that a peer can cause (a closed or reset stream or
+    connection, a protocol error), also when a handler's nursery wraps it in a group."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_expected_end(e) for e in exc.exceptions)
+    return isinstance(exc, (*_CLOSED_ERRORS, FileshareError))
+
+
 class Host:
     """A libp2p host over TCP + Noise + yamux. Create it with ``open_host``."""
 
@@ -376,7 +384,7 @@ class Host:
         try:
             await handler(stream, conn)
         except Exception as exc:
-            if isinstance(exc, (*_CLOSED_ERRORS, FileshareError)):
+            if _expected_end(exc):  # the peer went away or misbehaved: not our bug
                 log.info("handler %s for %s ended: %r", protocol, conn.remote_peer, exc)
             else:
                 log.exception("handler %s for %s failed", protocol, conn.remote_peer)

@@ -160,6 +160,37 @@ async def test_unsupported_protocol_and_failing_handler(caplog: pytest.LogCaptur
         assert "handler bug" in caplog.text
 
 
+async def test_peer_reset_inside_a_handler_nursery_is_not_an_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A peer resetting a stream while a handler's nursery reads it: INFO, no traceback."""
+    caplog.set_level(logging.INFO, logger="fileshare")
+    ended = trio.Event()
+
+    async def reader(stream: NetStream, conn: Connection) -> None:
+        async def read_all() -> None:
+            while await stream.receive_some():
+                pass
+            raise trio.BrokenResourceError("peer went away")  # as a reset surfaces
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read_all)
+        finally:
+            ended.set()
+
+    async with node() as (a, _), node() as (b, _):
+        a.set_stream_handler("/test/reader/1.0.0", reader)
+        with trio.fail_after(10):
+            stream, _ = await b.new_stream(full_addr(a), ["/test/reader/1.0.0"])
+            await stream.send_all(b"some bytes")
+            await stream.reset()
+            await ended.wait()
+            assert await echo_roundtrip(b, a, b"ok") == b"ok"
+    records = [r for r in caplog.records if "/test/reader/1.0.0" in r.getMessage()]
+    assert records and all(r.levelno == logging.INFO for r in records)
+
+
 async def _expect_closed(sock: trio.socket.SocketType, limit: float) -> None:
     """Read until the host closes the socket (EOF or reset), within ``limit`` seconds."""
     with trio.fail_after(limit):

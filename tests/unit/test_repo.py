@@ -14,11 +14,11 @@ import trio
 
 from fileshare.content import ingest
 from fileshare.content.blockstore import NoSpace
-from fileshare.content.smallblocks import SmallBlocks
 from fileshare.content.builder import build_dag, chunk_bytes
 from fileshare.content.cid import CID, DAG_PB, RAW, SHA2_256
 from fileshare.content.ingest import FileChanged, export_file, import_file
 from fileshare.content.layout import Layout, make_layout
+from fileshare.content.smallblocks import SmallBlocks
 from fileshare.errors import FileshareError, NotFound, VerificationError
 from fileshare.repo import Pin, Repo, RepoBusy
 
