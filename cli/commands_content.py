@@ -30,7 +30,7 @@ from fileshare.repo import Pin, Repo, pin_cid
 
 from .commands_daemon import running_daemon
 from .commands_net import MULTIADDR, _listen_defaults
-from .common import common_options, emit, is_terminal, options
+from .common import common_options, emit, is_terminal, options, wait_for_stop
 
 log = logging.getLogger("fileshare.cli")
 
@@ -264,9 +264,7 @@ async def _run_share(
             try:
                 for peer in peers:
                     node.nursery.start_soon(node.connect, peer)
-                async for signum in signals:
-                    log.info("received %s, shutting down", signal.Signals(signum).name)
-                    break
+                await wait_for_stop(signals)
             finally:
                 node.remove_daemon_info()
 

@@ -41,7 +41,7 @@ from fileshare.protocols.pubsub.announce import (
 from fileshare.repo import Repo
 
 from .commands_daemon import DaemonOptions, daemon_settings, find_daemon_pid
-from .common import common_options, emit, options
+from .common import common_options, emit, options, wait_for_stop
 from .config import load_config
 
 log = logging.getLogger("fileshare.cli")
@@ -123,9 +123,7 @@ async def _run_daemon(
                 try:
                     for peer in peers:
                         node.nursery.start_soon(node.connect, peer)
-                    async for signum in signals:
-                        log.info("received %s, shutting down", signal.Signals(signum).name)
-                        break
+                    await wait_for_stop(signals)
                 finally:
                     node.remove_daemon_info()
                     http.cancel_scope.cancel()
@@ -344,9 +342,7 @@ async def _run_watch(
             async with trio.open_nursery() as nursery:
 
                 async def stop_on_signal() -> None:
-                    async for signum in signals:
-                        log.info("received %s, shutting down", signal.Signals(signum).name)
-                        break
+                    await wait_for_stop(signals)
                     nursery.cancel_scope.cancel()
 
                 nursery.start_soon(stop_on_signal)

@@ -34,7 +34,7 @@ from fileshare.sync.paths import RESERVED_DIR
 
 from .commands_content import fetch_progress
 from .commands_net import MULTIADDR
-from .common import common_options, emit, is_terminal, options
+from .common import common_options, emit, is_terminal, options, wait_for_stop
 
 log = logging.getLogger("fileshare.cli")
 
@@ -159,9 +159,7 @@ async def _run_sync(
                         )
                     async with trio.open_nursery() as nursery:
                         nursery.start_soon(service.run)
-                        async for signum in signals:
-                            log.info("received %s, shutting down", signal.Signals(signum).name)
-                            break
+                        await wait_for_stop(signals)
                         nursery.cancel_scope.cancel()
             finally:
                 folder.close()

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
+import signal
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -82,3 +84,12 @@ def emit(data: dict[str, Any], text: str | None = None) -> None:
 
 def is_terminal() -> bool:
     return sys.stderr.isatty() and not options().json
+
+
+async def wait_for_stop(signals: AsyncIterator[int]) -> None:
+    """Return at the first signal from ``trio.open_signal_receiver`` (SIGINT/SIGTERM), logged."""
+    async for signum in signals:
+        logging.getLogger("fileshare.cli").info(
+            "received %s, shutting down", signal.Signals(signum).name
+        )
+        return
