@@ -164,6 +164,35 @@ class JsPeer:
             self.proc.wait()
 
 
+def write_floor(work: Path, size: int) -> float:
+    """Seconds to do only the fetcher's disk writes for ``size`` bytes: every 1 MiB block to its
+    own new file (temp + rename, as the block store does) and to its offset in one output file.
+    No network, hashing or protocol work: the floor under a fetch's end-to-end time here (on this
+    VM, writing into never-touched guest memory is several times slower than into reused pages)."""
+    block = os.urandom(MIB)
+    store = work / "floor-store"
+    store.mkdir()
+    t0 = time.perf_counter()
+    fd = os.open(work / "floor-out.bin", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        for i in range(size // MIB):
+            shard = store / f"{i % 256:02x}"
+            shard.mkdir(exist_ok=True)
+            tmp = shard / f"{i}.tmp"
+            bfd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            os.write(bfd, block)
+            os.close(bfd)
+            os.replace(tmp, shard / str(i))
+            os.pwrite(fd, block, i * MIB)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    elapsed = time.perf_counter() - t0
+    shutil.rmtree(store)
+    (work / "floor-out.bin").unlink()
+    return elapsed
+
+
 def bench_one(work: Path, size: int, skip: set[str], runs: int, compare: Path | None) -> None:
     print(
         f"(a) one provider, one fetcher, {size / MIB:.0f} MiB, default layout (blake3, 1 MiB), "
@@ -207,6 +236,11 @@ def bench_one(work: Path, size: int, skip: set[str], runs: int, compare: Path | 
         for name, _ in trees:
             shutil.rmtree(work / f"a-prov-{name}", ignore_errors=True)
     raw: dict[str, list[float]] = {}
+    floors = []
+    for run in range(runs):
+        floors.append(mb_s(size, write_floor(work, size)))
+        print(f"  [run {run + 1}] disk writes alone (store files + output file): "
+              f"{floors[-1]:.0f} MB/s", flush=True)  # fmt: skip
     if "py" not in skip:
         stream = stream_bench()
         for run in range(runs):
@@ -228,6 +262,7 @@ def bench_one(work: Path, size: int, skip: set[str], runs: int, compare: Path | 
             "CPU second)",
             flush=True,
         )
+    print(f"    disk writes alone (the floor under a fetch): {median(floors):.0f} MB/s")
     for name, values in raw.items():
         print(f"    {name} raw one-stream: {median(values):.0f} MB/s")
     if "py-libp2p" in raw:
@@ -314,10 +349,15 @@ def main() -> None:
     ap.add_argument("--compare", default=None, help="(a) also fetch with this tree's fileshare")
     args = ap.parse_args()
     # byte-compiled like a regular install (an editable one is not; see tools/dev.py)
-    subprocess.run([sys.executable, "-m", "compileall", "-q", "fileshare", "cli"], cwd=ROOT, check=True)
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", "fileshare", "cli"], cwd=ROOT, check=True
+    )
     if args.compare:
-        subprocess.run([sys.executable, "-m", "compileall", "-q", "fileshare", "cli"],
-                       cwd=args.compare, check=True)
+        subprocess.run(
+            [sys.executable, "-m", "compileall", "-q", "fileshare", "cli"],
+            cwd=args.compare,
+            check=True,
+        )
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     print(f"cpus={os.cpu_count()} load={os.getloadavg()[0]:.1f} python={sys.version.split()[0]}")
     with tempfile.TemporaryDirectory(dir=args.workdir, prefix="fetch-bench-") as tmp:

@@ -265,7 +265,9 @@ def main() -> None:
     p.add_argument("--spy", default="", help="(c) under py-spy: raw profiles to SPY.source/.freshN")
     args = p.parse_args()
     # byte-compiled like a regular install (an editable one is not; see tools/dev.py)
-    subprocess.run([sys.executable, "-m", "compileall", "-q", "fileshare", "cli"], cwd=ROOT, check=True)
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", "fileshare", "cli"], cwd=ROOT, check=True
+    )
     skip = set(args.skip.split(",")) - {""}
     base = Path(tempfile.mkdtemp(prefix="fs-bench-sync-"))
     try:
