@@ -87,7 +87,61 @@ class _LineReader:
         return out
 
 
-class MultistreamDialer:
+class _Negotiator:
+    """What both sides share: the header, line framing, call-order checks and leftover bytes.
+
+    A subclass adds ``_opening()`` (sent after the header by ``start()``) and ``_on_line(line)``
+    (one message after the peer's header -> bytes to send; it may set ``selected``).
+    """
+
+    def __init__(self) -> None:
+        self._reader = _LineReader()
+        self._got_header = False
+        self._started = False
+        self.selected: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.selected is not None
+
+    def start(self) -> bytes:
+        """The opening bytes, which may be sent before anything arrives."""
+        if self._started:
+            raise RuntimeError("start() called twice")
+        self._started = True
+        return encode_message(PROTOCOL_ID) + self._opening()
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> bytes:
+        if not self._started:
+            raise RuntimeError("call start() first")
+        if self.selected is not None:
+            raise RuntimeError("negotiation already finished")
+        self._reader.feed(data)
+        out: list[bytes] = []
+        while self.selected is None:
+            line = self._reader.next_line()
+            if line is None:
+                break
+            if self._got_header:
+                out.append(self._on_line(line))
+            elif line == PROTOCOL_ID:
+                self._got_header = True
+            else:
+                raise NegotiationError(f"peer does not speak multistream: {line[:80]!r}")
+        return b"".join(out)
+
+    def take_unconsumed(self) -> bytes:
+        """Bytes received after the agreement: they belong to the selected protocol."""
+        return self._reader.take()
+
+    def _opening(self) -> bytes:
+        return b""
+
+    def _on_line(self, line: str) -> bytes:
+        raise NotImplementedError
+
+
+class MultistreamDialer(_Negotiator):
     """Sans-io initiator: ``start()`` -> bytes to send; ``receive_data(b)`` -> bytes to send.
 
     The header and the first proposal go out together. ``selected`` is set once the listener
@@ -101,117 +155,52 @@ class MultistreamDialer:
             raise ValueError(f"more than {MULTISTREAM_MAX_ROUNDS} protocols to propose")
         for p in protocols:
             _check_protocol_id(p)
+        super().__init__()
         self._protocols = list(protocols)
         self._index = 0
-        self._reader = _LineReader()
-        self._got_header = False
-        self._started = False
-        self.selected: str | None = None
 
-    @property
-    def done(self) -> bool:
-        return self.selected is not None
+    def _opening(self) -> bytes:
+        return encode_message(self._protocols[0])
 
-    def start(self) -> bytes:
-        if self._started:
-            raise RuntimeError("start() called twice")
-        self._started = True
-        return encode_message(PROTOCOL_ID) + encode_message(self._protocols[0])
-
-    def receive_data(self, data: bytes | bytearray | memoryview) -> bytes:
-        if not self._started:
-            raise RuntimeError("call start() first")
-        if self.selected is not None:
-            raise RuntimeError("negotiation already finished")
-        self._reader.feed(data)
-        out: list[bytes] = []
-        while self.selected is None:
-            line = self._reader.next_line()
-            if line is None:
-                break
-            if not self._got_header:
-                if line != PROTOCOL_ID:
-                    raise NegotiationError(f"peer does not speak multistream: {line[:80]!r}")
-                self._got_header = True
-                continue
-            proposed = self._protocols[self._index]
-            if line == proposed:
-                self.selected = proposed
-            elif line == NA:
-                self._index += 1
-                if self._index >= len(self._protocols):
-                    raise NoCommonProtocol(f"peer supports none of {', '.join(self._protocols)}")
-                out.append(encode_message(self._protocols[self._index]))
-            else:
-                raise NegotiationError(f"unexpected multistream reply {line[:80]!r}")
-        return b"".join(out)
-
-    def take_unconsumed(self) -> bytes:
-        """Bytes received after the agreement: they belong to the selected protocol."""
-        return self._reader.take()
+    def _on_line(self, line: str) -> bytes:
+        proposed = self._protocols[self._index]
+        if line == proposed:
+            self.selected = proposed
+            return b""
+        if line != NA:
+            raise NegotiationError(f"unexpected multistream reply {line[:80]!r}")
+        self._index += 1
+        if self._index >= len(self._protocols):
+            raise NoCommonProtocol(f"peer supports none of {', '.join(self._protocols)}")
+        return encode_message(self._protocols[self._index])
 
 
-class MultistreamListener:
+class MultistreamListener(_Negotiator):
     """Sans-io responder: echoes the first supported proposal, answers ``na`` to the rest.
 
     ``supported`` is a collection of protocol ids or a predicate. ``ls`` is answered with ``na``.
     """
 
     def __init__(self, supported: Callable[[str], bool] | Collection[str]) -> None:
+        super().__init__()
         if callable(supported):
             self._supports: Callable[[str], bool] = supported
         else:
             ids = frozenset(supported)
             self._supports = ids.__contains__
-        self._reader = _LineReader()
-        self._got_header = False
-        self._started = False
         self._rounds = 0
-        self.selected: str | None = None
 
-    @property
-    def done(self) -> bool:
-        return self.selected is not None
-
-    def start(self) -> bytes:
-        """The header, which may be sent before anything arrives."""
-        if self._started:
-            raise RuntimeError("start() called twice")
-        self._started = True
-        return encode_message(PROTOCOL_ID)
-
-    def receive_data(self, data: bytes | bytearray | memoryview) -> bytes:
-        if not self._started:
-            raise RuntimeError("call start() first")
-        if self.selected is not None:
-            raise RuntimeError("negotiation already finished")
-        self._reader.feed(data)
-        out: list[bytes] = []
-        while self.selected is None:
-            line = self._reader.next_line()
-            if line is None:
-                break
-            if not self._got_header:
-                if line != PROTOCOL_ID:
-                    raise NegotiationError(f"peer does not speak multistream: {line[:80]!r}")
-                self._got_header = True
-                continue
-            self._rounds += 1
-            if self._rounds > MULTISTREAM_MAX_ROUNDS:
-                raise NegotiationError(f"more than {MULTISTREAM_MAX_ROUNDS} proposals")
-            if line not in (NA, LS, PROTOCOL_ID) and self._supports(line):
-                self.selected = line
-                out.append(encode_message(line))
-            else:
-                out.append(encode_message(NA))
-        return b"".join(out)
-
-    def take_unconsumed(self) -> bytes:
-        """Bytes received after the agreement: they belong to the selected protocol."""
-        return self._reader.take()
+    def _on_line(self, line: str) -> bytes:
+        self._rounds += 1
+        if self._rounds > MULTISTREAM_MAX_ROUNDS:
+            raise NegotiationError(f"more than {MULTISTREAM_MAX_ROUNDS} proposals")
+        if line not in (NA, LS, PROTOCOL_ID) and self._supports(line):
+            self.selected = line
+            return encode_message(line)
+        return encode_message(NA)
 
 
-async def _drive(stream: BufferedStream, core: MultistreamDialer | MultistreamListener) -> str:
+async def _drive(stream: BufferedStream, core: _Negotiator) -> str:
     await stream.send_all(core.start())
     while core.selected is None:
         data = await stream.receive_some(_READ_SIZE)

@@ -170,6 +170,35 @@ def test_bad_header() -> None:
         d.receive_data(encode_message("na"))
 
 
+def test_bad_header_message_same_on_both_sides() -> None:
+    d = MultistreamDialer(["/a"])
+    d.start()
+    for core in (_listener(), d):
+        with pytest.raises(NegotiationError, match="peer does not speak multistream: '/a'"):
+            core.receive_data(encode_message("/a"))
+
+
+def test_call_order_checked_on_both_sides() -> None:
+    for core in (MultistreamDialer(["/a"]), MultistreamListener(["/a"])):
+        with pytest.raises(RuntimeError, match="call start"):
+            core.receive_data(HEADER)
+        core.start()
+        with pytest.raises(RuntimeError, match="called twice"):
+            core.start()
+        core.receive_data(HEADER + encode_message("/a"))
+        assert core.done and core.selected == "/a"
+        with pytest.raises(RuntimeError, match="already finished"):
+            core.receive_data(b"")
+
+
+def test_listener_never_selects_reserved_ids() -> None:
+    lst = MultistreamListener(lambda p: True)
+    lst.start()
+    data = HEADER + encode_message("na") + encode_message("ls") + encode_message(PROTOCOL_ID)
+    assert lst.receive_data(data) == encode_message("na") * 3
+    assert not lst.done
+
+
 @pytest.mark.parametrize(
     "raw",
     [
