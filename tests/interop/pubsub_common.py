@@ -1,4 +1,4 @@
-"""Shared by test_pubsub_js.py and test_pubsub_py.py: our pubsub node and the exchange checks."""
+"""Shared by test_pubsub_interop.py: our pubsub node and the exchange checks."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from fileshare.protocols.pubsub.announce import (
 from fileshare.protocols.pubsub.router import Delivered
 from fileshare.protocols.pubsub.service import PubsubService
 
-from .conftest import LOOPBACK_LISTEN, MAX_WAIT, PeerProcess
+from .peers import LOOPBACK_LISTEN, MAX_WAIT, PeerProcess
 
 TOPIC = ANNOUNCE_TOPIC
 

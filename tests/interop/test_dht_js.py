@@ -14,8 +14,8 @@ import trio
 
 from fileshare.identity.peerid import PeerId
 
-from .conftest import PeerFactory
 from .dht_common import full_addr, our_dht_node, our_providers, sha256_cid, wait_until_in_table
+from .peers import PeerFactory
 
 SERVICES = ["identify", "ping", "kad"]
 

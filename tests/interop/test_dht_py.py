@@ -18,8 +18,8 @@ import trio
 from fileshare.identity.peerid import PeerId
 from fileshare.protocols.kad.service import KadService
 
-from .conftest import PeerFactory, PeerProcess
 from .dht_common import full_addr, our_dht_node, our_providers, sha256_cid, wait_until_in_table
+from .peers import PeerFactory, PeerProcess
 
 SERVICES = ["identify", "ping", "kad"]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import DaemonFactory, PeerFactory, payload_chunks, payload_sha256, run_cli
+from .peers import DaemonFactory, PeerFactory, payload_chunks, payload_sha256, run_cli
 
 MIB = 1024 * 1024
 

@@ -15,17 +15,14 @@ import pytest
 
 from .conftest import (
     DIALERS,
-    DaemonFactory,
     OurNode,
-    PeerFactory,
     assert_one_connection,
     check_echo_both_ways,
     check_identify_both_ways,
     check_ping_both_ways,
     connect,
-    payload_sha256,
-    run_cli,
 )
+from .peers import DaemonFactory, PeerFactory, payload_sha256, run_cli
 
 pytestmark = pytest.mark.interop
 

@@ -16,7 +16,7 @@ from fileshare.net.multistream import select_inbound, select_outbound
 from fileshare.net.noise import NOISE_PROTOCOL_ID, secure_inbound, secure_outbound
 from fileshare.net.yamux import YAMUX_PROTOCOL_ID, YamuxConnection, YamuxStream
 
-from .conftest import ECHO_PROTOCOL, PeerFactory, payload_chunk, payload_sha256
+from .peers import ECHO_PROTOCOL, PeerFactory, payload_chunk, payload_sha256
 
 pytest.importorskip("libp2p")
 

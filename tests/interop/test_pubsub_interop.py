@@ -1,4 +1,9 @@
-"""Gossipsub interop with py-libp2p 0.8.1 (0.2 s heartbeat, StrictSign) on 127.0.0.1."""
+"""Gossipsub interop with real peers we did not write, on 127.0.0.1, StrictSign both ways:
+js-libp2p (@libp2p/gossipsub 17) and py-libp2p 0.8.1 (0.2 s heartbeat).
+
+The exchange runs against both implementations, over a connection dialled by them and over one
+dialled by us. The relay test at the end runs one peer of each kind, each knowing only us.
+"""
 
 from __future__ import annotations
 
@@ -9,17 +14,27 @@ import trio
 
 from fileshare.net.addrs import parse
 
-from .conftest import MAX_WAIT, PeerFactory
+from .conftest import DIALERS
+from .peers import MAX_WAIT, PeerFactory
 from .pubsub_common import TOPIC, announcement_doc, check_exchange, pubsub_node, wait_meshed
 
 pytestmark = pytest.mark.interop
 
-PY_SERVICES = ["identify", "ping", "gossipsub"]
+SERVICES = ["identify", "ping", "gossipsub"]
 
 
-@pytest.mark.parametrize("dialer", ["they_dial_us", "we_dial_them"])
-async def test_py_gossipsub_both_directions(py_peer: PeerFactory, dialer: str) -> None:
-    peer = await py_peer(services=PY_SERVICES)
+@pytest.fixture(params=["js", "py"])
+def remote(
+    request: pytest.FixtureRequest, py_peer: PeerFactory, js_peer: PeerFactory
+) -> PeerFactory:
+    # both factories are requested (pytest-trio cannot resolve async fixtures lazily); a factory
+    # starts nothing until it is called
+    return js_peer if request.param == "js" else py_peer
+
+
+@pytest.mark.parametrize("dialer", DIALERS)
+async def test_gossipsub_both_directions(remote: PeerFactory, dialer: str) -> None:
+    peer = await remote(services=SERVICES)
     await peer.command("subscribe", topic=TOPIC)
     async with pubsub_node() as node:
         if dialer == "they_dial_us":
@@ -32,8 +47,8 @@ async def test_py_gossipsub_both_directions(py_peer: PeerFactory, dialer: str) -
 
 async def test_we_relay_between_py_and_js(py_peer: PeerFactory, js_peer: PeerFactory) -> None:
     """py-libp2p and js-libp2p only know us: a message from one reaches the other through us."""
-    py = await py_peer(services=PY_SERVICES)
-    js = await js_peer(services=["identify", "ping", "gossipsub"])
+    py = await py_peer(services=SERVICES)
+    js = await js_peer(services=SERVICES)
     for p in (py, js):
         await p.command("subscribe", topic=TOPIC)
     async with pubsub_node() as node:
