@@ -26,7 +26,8 @@ from urllib.parse import quote
 import trio
 
 from ..content.cid import CID, DAG_PB, IDENTITY
-from ..content.dagpb import decode_node
+from ..content.dagpb import PBLink, decode_node
+from ..content.hamt import hamt_lookup
 from ..content.reader import GetBlock, Node, decode_block
 from ..errors import DecodeError, FileshareError, NotFound
 from ..limits import GATEWAY_MAX_PATH_SEGMENTS, MAX_DAG_DEPTH
@@ -188,18 +189,34 @@ class Gateway:
                 node = decode_block(cid, await self._get(cid))
             except DecodeError as exc:
                 raise HTTPError(400, f"cannot traverse {cid}: {exc}") from None
+            shards: list[CID] = []
             if node.kind == "hamt":
-                raise HTTPError(501, "sharded (HAMT) directories are not supported")
-            if node.kind != "directory":
+                link, shards = await self._hamt_lookup(cid, name)
+            elif node.kind == "directory":
+                link = next((lk for lk in node.links if lk.name == name), None)
+            else:
                 raise HTTPError(404, f"{cid} is a {node.kind}: no entry {name!r} in it")
-            link = next((lk for lk in node.links if lk.name == name), None)
             if link is None:
                 raise HTTPError(404, f"no entry {name!r} in directory {cid}")
-            passed.append(cid)
+            passed += [cid, *shards]
             cid = link.hash
         if names and not await self._has(cid):
             raise HTTPError(404, f"block {cid} is not in this node's store")
         return passed, cid
+
+    async def _hamt_lookup(self, root: CID, name: str) -> tuple[PBLink | None, list[CID]]:
+        """``name`` in the sharded directory ``root`` (its shards read in a worker thread)."""
+        blocks = self.repo.blocks
+
+        def load(cid: CID) -> bytes:
+            return cid.digest if cid.hash_code == IDENTITY else blocks.get_sync(cid)
+
+        try:
+            return await trio.to_thread.run_sync(hamt_lookup, load(root), name, load)
+        except NotFound as exc:
+            raise HTTPError(404, str(exc)) from None
+        except DecodeError as exc:
+            raise HTTPError(400, f"cannot traverse {root}: {exc}") from None
 
     # --- raw ---
     async def _raw(self, request: Request, root: CID, common: list[tuple[str, str]]) -> Response:
@@ -261,6 +278,20 @@ class Gateway:
             sent.add(cid.multihash)
         await write(encode_section(cid, data))
 
+    async def _shards(self, root: bytes) -> AsyncGenerator[tuple[CID, bytes], None]:
+        """The shards under a HAMT root block, depth-first pre-order (entries are not followed;
+        one level per byte of the 64-bit hash at most)."""
+        stack = [iter(_shard_links(root))]
+        while stack:
+            cid = next(stack[-1], None)
+            if cid is None:
+                stack.pop()
+                continue
+            child = await self._get(cid)
+            yield cid, child
+            if len(stack) < 8:
+                stack.append(iter(_shard_links(child)))
+
     async def _walk(self, root: CID, scope: str) -> AsyncGenerator[tuple[CID, bytes], None]:
         """Depth-first, pre-order: the blocks of the DAG under ``root`` that ``scope`` covers."""
         data = await self._get(root)
@@ -270,10 +301,14 @@ class Gateway:
         children = _links(root, data)
         if scope == "entity" and root.codec == DAG_PB:
             try:
-                if decode_block(root, data).kind != "file":
-                    return  # a directory entity is its own block (no HAMT support)
+                kind = decode_block(root, data).kind
             except DecodeError:
                 return
+            if kind == "hamt":  # a sharded directory's entity: all its shards
+                async for item in self._shards(data):
+                    yield item
+            if kind != "file":
+                return  # a plain directory entity is its own block
         stack: list[tuple[list[CID], int, int]] = [(children, 0, 1)]
         while stack:
             links, i, depth = stack[-1]
@@ -438,3 +473,11 @@ async def _range(
 
 
 __all__ = ["CAR_TYPE", "RAW_TYPE", "Gateway", "Want", "iter_file_range", "negotiate"]
+
+
+def _shard_links(data: bytes) -> list[CID]:
+    """The child-shard links of a HAMT shard block (names of just the two-digit bucket)."""
+    try:
+        return [lk.hash for lk in decode_node(data).links if len(lk.name or "") == 2]
+    except DecodeError:
+        return []

@@ -35,11 +35,13 @@ from ..content.blockstore import Blockstore
 from ..content.builder import Block
 from ..content.cid import BLAKE3, CID, DAG_PB, DIGEST_SIZES, RAW
 from ..content.dagpb import PBLink, decode_node, encode_node
+from ..content.hamt import HAMT_SHARD_THRESHOLD, build_hamt
 from ..content.unixfs import directory_node
 from ..errors import DecodeError, FileshareError
 from ..identity.keys import PrivateKey, PublicKey
 from ..identity.peerid import PeerId
 from ..limits import (
+    MAX_LINKS_PER_NODE,
     SYNC_MAX_ENTRIES,
     SYNC_MAX_FILE_SIZE,
     SYNC_MAX_SNAPSHOT_BYTES,
@@ -348,7 +350,9 @@ def build_tree(entries: Iterable[Entry], hash_code: int = BLAKE3) -> tuple[CID, 
     """The UnixFS directory DAG of the live entries: root CID and the directory blocks (root last).
 
     Each file link's Tsize is the entry's ``tsize``; a directory's is its block size plus its
-    children's. Raises ``ValueError`` for a directory over the dag-pb link limit (no HAMT yet).
+    children's. A directory whose plain node would pass ``HAMT_SHARD_THRESHOLD`` bytes (or the
+    dag-pb link limit) is a sharded HAMT directory, as other UnixFS importers make them.
+    Raises ``ValueError`` for names a directory cannot hold.
     """
     tree: _Tree = {}
     for e in entries:
@@ -378,10 +382,15 @@ def _build_dir(tree: _Tree, hash_code: int, out: list[Block]) -> tuple[CID, int]
             cid, tsize = _build_dir(child, hash_code, out)
         links.append(PBLink(cid, name, tsize))
         total += tsize
-    data = encode_node(directory_node(links))
-    cid = CID.from_data(DAG_PB, data, hash_code)
-    out.append(Block(cid, data))
-    return cid, len(data) + total
+    if len(links) <= MAX_LINKS_PER_NODE:
+        data = encode_node(directory_node(links))
+        if len(data) <= HAMT_SHARD_THRESHOLD:
+            cid = CID.from_data(DAG_PB, data, hash_code)
+            out.append(Block(cid, data))
+            return cid, len(data) + total
+    cid, tsize, shards = build_hamt(links, hash_code)
+    out.extend(shards)
+    return cid, tsize
 
 
 def file_tsize(store: Blockstore, cid: CID) -> int:

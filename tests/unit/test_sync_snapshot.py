@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from fileshare.content.builder import build_dag, chunk_bytes
 from fileshare.content.cid import CID, DAG_PB, RAW
+from fileshare.content.hamt import HAMT_SHARD_THRESHOLD, hamt_entries
 from fileshare.content.layout import make_layout
 from fileshare.content.reader import decode_block
 from fileshare.content.unixfs import decode_directory
@@ -126,6 +127,29 @@ async def test_directory_dag_is_unixfs() -> None:
     assert d.tsize == len(by_cid[d.hash]) + dlinks[0].tsize
     assert decode_block(root, by_cid[root]).kind == "directory"
     await trio.lowlevel.checkpoint()
+
+
+def test_large_directories_are_sharded() -> None:
+    """A directory whose plain node would pass the threshold becomes a HAMT; smaller ones stay
+    plain; every entry is reachable either way and the tree is the same for the same entries."""
+    small = [entry(f"d/f{i:05d}") for i in range(200)]
+    root, blocks = build_tree(small)
+    by_cid = {b.cid: b.data for b in blocks}
+    d = decode_directory(by_cid[root])[1][0]
+    assert decode_block(d.hash, by_cid[d.hash]).kind == "directory"
+
+    big = [entry(f"d/f{i:05d}") for i in range(6000)] + [entry("top")]
+    root, blocks = build_tree(big)
+    assert build_tree(list(reversed(big)))[0] == root  # order of entries does not matter
+    by_cid = {b.cid: b.data for b in blocks}
+    assert max(len(b.data) for b in blocks) <= HAMT_SHARD_THRESHOLD
+    _, links = decode_directory(by_cid[root])
+    d = next(lk for lk in links if lk.name == "d")
+    assert decode_block(d.hash, by_cid[d.hash]).kind == "hamt"
+    names = {lk.name for lk in hamt_entries(by_cid[d.hash], by_cid.__getitem__)}
+    assert names == {f"f{i:05d}" for i in range(6000)}
+    shards = [b for b in blocks if decode_block(b.cid, b.data).kind == "hamt"]
+    assert d.tsize == sum(len(b.data) for b in shards) + sum(e.tsize for e in big[:-1])
 
 
 def test_version_vectors() -> None:
