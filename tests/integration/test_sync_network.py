@@ -133,13 +133,20 @@ class SyncNode:
 
 
 def tree(d: Path) -> dict[str, bytes]:
+    """Relative path -> bytes of every file outside ``.fileshare/``. Files and directories the
+    sync deletes while this runs are left out (``os.walk`` skips a vanished directory)."""
     out = {}
-    for p in sorted(d.rglob("*")):
-        rel = p.relative_to(d).as_posix()
-        if p.is_file() and not rel.startswith(".fileshare/"):
-            with contextlib.suppress(FileNotFoundError):  # being deleted by the sync right now
-                out[rel] = p.read_bytes()
-    return out
+    for parent, dirs, names in os.walk(d):
+        base = Path(parent)
+        rel_dir = base.relative_to(d).as_posix()
+        if rel_dir == ".fileshare" or rel_dir.startswith(".fileshare/"):
+            dirs.clear()
+            continue
+        for name in names:
+            rel = (base / name).relative_to(d).as_posix()
+            with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                out[rel] = (base / name).read_bytes()
+    return dict(sorted(out.items()))
 
 
 def wait_until(cond: Callable[[], bool], what: str, timeout: float = DEADLINE) -> None:
