@@ -110,7 +110,7 @@ class Writer:
     def bytes(self, field: int, value: builtins.bytes | bytearray | memoryview) -> Writer:
         self._parts.append(encode_varint(field << 3 | LEN))
         self._parts.append(encode_varint(len(value)))
-        self._parts.append(builtins.bytes(value))
+        self._parts.append(value if type(value) is builtins.bytes else builtins.bytes(value))
         return self
 
     def string(self, field: int, value: str) -> Writer:

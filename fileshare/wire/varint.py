@@ -12,11 +12,14 @@ MAX_VARINT_BYTES = 9  # multiformats unsigned-varint
 MAX_PROTOBUF_VARINT_BYTES = 10
 
 
+_ONE_BYTE = [bytes((i,)) for i in range(0x80)]  # values 0..127 encode to themselves
+
+
 def encode_varint(value: int) -> bytes:
+    if 0 <= value < 0x80:
+        return _ONE_BYTE[value]
     if value < 0:
         raise ValueError("varint must be non-negative")
-    if value < 0x80:
-        return bytes((value,))
     out = bytearray()
     while value >= 0x80:
         out.append((value & 0x7F) | 0x80)
@@ -37,9 +40,11 @@ def decode_varint(
     Raises ``DecodeError`` when the buffer ends inside the varint, when it is longer than
     ``max_bytes``, or (with ``minimal``) when it has a redundant trailing zero byte.
     """
+    end = len(buf)
+    if pos < end and buf[pos] < 0x80:  # one byte: most keys, lengths and small values
+        return buf[pos], pos + 1
     result = 0
     shift = 0
-    end = len(buf)
     for i in range(max_bytes):
         if pos + i >= end:
             raise DecodeError("truncated varint")
