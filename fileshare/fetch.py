@@ -41,7 +41,7 @@ from .errors import FileshareError, NotFound
 from .identity.peerid import PeerId
 from .limits import DIAL_TIMEOUT
 from .protocols.bitswap.client import FetchSession, FileOutput
-from .protocols.bitswap.session import SessionConfig
+from .protocols.bitswap.session_types import SessionConfig
 from .repo import LOCK_TIMEOUT, Pin, Repo, RepoBusy, RepoLock
 
 if TYPE_CHECKING:

@@ -14,7 +14,6 @@ hash has; ``build_hamt`` refuses them (``ValueError``) instead of inventing an e
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Iterator, Sequence
 
 from ..errors import DecodeError
@@ -23,7 +22,7 @@ from .builder import Block
 from .cid import CID, DAG_PB
 from .dagpb import PBLink, PBNode, decode_node, encode_node
 from .murmur3 import murmur3_x64_64
-from .unixfs import HAMTShard, UnixFSData, check_entry_name
+from .unixfs import HAMTShard, UnixFSData, check_entry_name, named_entries
 
 __all__ = [
     "HAMT_FANOUT",
@@ -46,19 +45,7 @@ def build_hamt(entries: Sequence[PBLink], hash_code: int) -> tuple[CID, int, lis
 
     Raises ``ValueError`` for a bad or duplicate name, or names whose hashes collide completely.
     """
-    items: list[tuple[bytes, str, PBLink]] = []
-    for link in entries:
-        if link.name is None:
-            raise ValueError("directory entries need a name")
-        try:
-            check_entry_name(link.name)
-        except DecodeError as exc:
-            raise ValueError(str(exc)) from None
-        items.append((murmur3_x64_64(link.name.encode("utf-8")), link.name, link))
-    names = sorted(name.encode("utf-8") for _, name, _ in items)
-    for a, b in itertools.pairwise(names):
-        if a == b:
-            raise ValueError(f"duplicate directory entry name {a.decode()!r}")
+    items = [(murmur3_x64_64(key), link.name or "", link) for key, link in named_entries(entries)]
     blocks: list[Block] = []
     root, tsize = _build(items, 0, hash_code, blocks)
     return root, tsize, blocks

@@ -230,13 +230,9 @@ def check_entry_name(name: str) -> None:
         raise DecodeError(f"unixfs: invalid directory entry name {name!r}")
 
 
-def directory_node(
-    entries: Iterable[PBLink], *, mode: int | None = None, mtime: UnixTime | None = None
-) -> PBNode:
-    """A UnixFS Directory node; links sorted by name bytes. Every entry needs a valid unique name.
-
-    Raises ``ValueError`` for a bad or duplicate name or a link over the limit.
-    """
+def named_entries(entries: Iterable[PBLink]) -> list[tuple[bytes, PBLink]]:
+    """Directory entries keyed by name bytes, sorted; ``ValueError`` for a missing, invalid or
+    duplicate name (plain and sharded directories alike)."""
     keyed: list[tuple[bytes, PBLink]] = []
     for link in entries:
         if link.name is None:
@@ -250,6 +246,17 @@ def directory_node(
     for (a, _), (b, _) in itertools.pairwise(keyed):
         if a == b:
             raise ValueError(f"duplicate directory entry name {a.decode()!r}")
+    return keyed
+
+
+def directory_node(
+    entries: Iterable[PBLink], *, mode: int | None = None, mtime: UnixTime | None = None
+) -> PBNode:
+    """A UnixFS Directory node; links sorted by name bytes. Every entry needs a valid unique name.
+
+    Raises ``ValueError`` for a bad or duplicate name or a link over the limit.
+    """
+    keyed = named_entries(entries)
     if len(keyed) > MAX_LINKS_PER_NODE:
         raise ValueError(f"more than {MAX_LINKS_PER_NODE} directory entries (use a HAMT)")
     ux = UnixFSData(Directory, mode=mode, mtime=mtime)

@@ -127,6 +127,21 @@ async def _spawn(argv: Sequence[str], cwd: Path, stderr_path: Path, stdin: int) 
         )
 
 
+async def _started(
+    child: PeerProcess | DaemonProcess, mine: list[Any], children: list[ChildProcess]
+) -> None:
+    """Track a just-spawned child (in its launcher's list and the test's) and wait until ready."""
+    mine.append(child)
+    children.append(child)
+    await child._wait_ready()
+
+
+async def _stop_all(started: Sequence[PeerProcess | DaemonProcess]) -> None:
+    with trio.CancelScope(shield=True):
+        for child in started:
+            await child.stop()
+
+
 @dataclass
 class PeerProcess(ChildProcess):
     """A js/py test peer and its JSON command channel (see js/peer.mjs for the contract)."""
@@ -251,17 +266,13 @@ async def peer_launcher(
         stderr_path = logs / f"{name}.stderr"
         process = await _spawn([*args, *extra_args], cwd, stderr_path, subprocess.PIPE)
         peer = PeerProcess(name=name, process=process, stderr_path=stderr_path)
-        peers.append(peer)
-        children.append(peer)
-        await peer._wait_ready()
+        await _started(peer, peers, children)
         return peer
 
     try:
         yield start
     finally:
-        with trio.CancelScope(shield=True):
-            for peer in peers:
-                await peer.stop()
+        await _stop_all(peers)
 
 
 # -- our command line and daemon ------------------------------------------------------------------
@@ -342,14 +353,10 @@ async def daemon_launcher(logs: Path, children: list[ChildProcess]) -> AsyncIter
         stderr_path = logs / f"{name}.stderr"
         process = await _spawn(argv, PROJECT_ROOT, stderr_path, subprocess.DEVNULL)
         daemon = DaemonProcess(name=name, process=process, stderr_path=stderr_path)
-        started.append(daemon)
-        children.append(daemon)
-        await daemon._wait_ready()
+        await _started(daemon, started, children)
         return daemon
 
     try:
         yield start
     finally:
-        with trio.CancelScope(shield=True):
-            for daemon in started:
-                await daemon.stop()
+        await _stop_all(started)

@@ -18,14 +18,14 @@ from .messages import (
     encode_message,
 )
 from .server import DecisionEngine, Response, ResponseBlock, StoreView
-from .session import (
+from .session import Session
+from .session_types import (
     Action,
     CheckLocal,
     PeerDropped,
     PeerStats,
     Progress,
     SendWants,
-    Session,
     SessionConfig,
     StoreBlock,
 )

@@ -23,7 +23,8 @@ from ...content.cid import CID, RAW
 from ...errors import FileshareError, NotFound, VerificationError
 from ...identity.peerid import PeerId
 from .messages import PROTOCOL_1_2_0
-from .session import CheckLocal, PeerDropped, SendWants, Session, SessionConfig, StoreBlock
+from .session import Session
+from .session_types import CheckLocal, PeerDropped, SendWants, SessionConfig, StoreBlock
 
 if TYPE_CHECKING:
     from .service import BitswapService

@@ -59,7 +59,7 @@ from .messages import (
     encode_frame,
 )
 from .server import DecisionEngine, Response
-from .session import SessionConfig
+from .session_types import SessionConfig
 
 __all__ = ["BitswapService"]
 

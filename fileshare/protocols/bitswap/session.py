@@ -45,17 +45,7 @@ from .session_types import (
 
 P = TypeVar("P", bound=Hashable)
 
-__all__ = [
-    "Action",
-    "CheckLocal",
-    "PeerDropped",
-    "PeerStats",
-    "Progress",
-    "SendWants",
-    "Session",
-    "SessionConfig",
-    "StoreBlock",
-]
+__all__ = ["Session"]
 
 _SCAN_LIMIT = 256  # pending entries looked at per poll when the head cannot be assigned
 _RATE_ALPHA = 0.4  # weight of a new throughput sample

@@ -6,17 +6,10 @@
 // Prints: { "root": "<cid of the directory>", "files": { name: cid }, "blocks": { cid: base64 },
 //           "murmur": { text: hex } }
 
+import './lib/shim.mjs'
 import { readFile } from 'node:fs/promises'
 import { importer } from 'ipfs-unixfs-importer'
 import { murmur364 } from '@multiformats/murmur3'
-
-if (typeof Promise.withResolvers !== 'function') {
-  Promise.withResolvers = function () {
-    let resolve, reject
-    const promise = new Promise((res, rej) => { resolve = res; reject = rej })
-    return { promise, resolve, reject }
-  }
-}
 
 class MemoryBlockstore {
   constructor () { this.blocks = new Map() }

@@ -5,20 +5,12 @@
 //                "reduceSingleLeafToSelf" (optional) } or { "name", "path", "profile" }, ...]
 // Prints: { "<name>": { "root": "<cid>", "blocks": ["<cid>", ...] }, ... }  (blocks in put order)
 
+import './lib/shim.mjs'
 import { createReadStream } from 'node:fs'
 import { readFile } from 'node:fs/promises'
 import { importer } from 'ipfs-unixfs-importer'
 import { fixedSize } from 'ipfs-unixfs-importer/chunker'
 import { balanced } from 'ipfs-unixfs-importer/layout'
-
-// Node 20 lacks Promise.withResolvers; nothing here needs it at import time, so define it before use.
-if (typeof Promise.withResolvers !== 'function') {
-  Promise.withResolvers = function () {
-    let resolve, reject
-    const promise = new Promise((res, rej) => { resolve = res; reject = rej })
-    return { promise, resolve, reject }
-  }
-}
 
 // A blockstore that only records what is written to it.
 class RecordingBlockstore {
