@@ -1,19 +1,20 @@
 """Blocks on disk, keyed by multihash: small ones in one SQLite table, the rest one file each.
 
 Blocks up to ``SMALL_BLOCK_MAX`` (64 KiB: small files, the DAG's inner nodes) are rows of
-``<root>/small.sqlite`` (see ``smallblocks``: an inode per block costs more than the block). Larger
-blocks are files, ``<root>/<shard>/<key>``, where ``key`` is the lower-case unpadded base32 of the block's
-multihash and ``shard`` is the two characters before the key's last one (the "next-to-last/2" scheme,
-which spreads keys evenly because those characters come from the digest). Keying by multihash means
-CIDv0/CIDv1 and raw/dag-pb CIDs of the same bytes share one file.
+``<root>/small.sqlite`` (see ``smallblocks``: an inode per block costs more than the block).
+Larger blocks are files, ``<root>/<shard>/<key>``, where ``key`` is the lower-case unpadded base32
+of the block's multihash and ``shard`` is the two characters before the key's last one (the
+"next-to-last/2" scheme, which spreads keys evenly because those characters come from the
+digest). Keying by multihash means CIDv0/CIDv1 and raw/dag-pb CIDs of the same bytes share one
+block. A small block stored as a file by an older version is still found and served.
 
 File writes go to a temporary name in the shard directory and are renamed into place, so a killed
-process never leaves a torn block under a block's name (rows are written in transactions). A
-block stored as a file by an older version is still found; a block is stored one way only. Blocks are not fsynced one by one (that costs more
-than the whole import); ``put_many(..., sync=True)`` fsyncs a batch and its directories. After a power
-loss an unsynced block may be missing or truncated; ``get`` verifies hashes by default so such a block
-is reported (``VerificationError``), never served, and ``put`` rewrites a block whose file has the
-wrong size.
+process never leaves a torn block under a block's name; rows are written in transactions. Blocks
+are not fsynced one by one (that costs more than the whole import); ``put_many(..., sync=True)``
+fsyncs a batch of files and their directories and commits rows with ``synchronous=FULL``. After
+a power loss an unsynced block may be missing or truncated; ``get`` verifies hashes by default so
+such a block is reported (``VerificationError``), never served, and ``put`` rewrites a block
+whose file has the wrong size.
 
 The ``*_sync`` methods do blocking file I/O and are safe to call from several threads at once; the
 async methods run them in a worker thread so they can be awaited under trio.
@@ -118,11 +119,14 @@ class Blockstore:
 
     def get_sync(self, cid: CID, verify: bool = True) -> bytes:
         """The block's bytes; ``NotFound`` if absent, ``VerificationError`` if it is corrupt."""
+        row = self.small.get(cid.multihash)
+        if row is not None:
+            return self._checked_row(cid, row, verify)
         path = self._path(cid)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
-            return self._get_row(cid, verify)
+            raise NotFound(f"block {cid} is not in the local store") from None
         try:
             size = os.fstat(fd).st_size
             if size > MAX_BLOCK_SIZE:
@@ -145,10 +149,7 @@ class Blockstore:
             )
         return data
 
-    def _get_row(self, cid: CID, verify: bool) -> bytes:
-        row = self.small.get(cid.multihash)
-        if row is None:
-            raise NotFound(f"block {cid} is not in the local store")
+    def _checked_row(self, cid: CID, row: bytes, verify: bool) -> bytes:
         if verify and not cid.matches(row):
             raise VerificationError(
                 f"block {cid} is corrupt in the store ({self.small.path}): its content does "
