@@ -328,7 +328,8 @@ def fetch_progress(description: str) -> Iterator[Callable[[FetchProgress], None]
     "--output",
     type=click.Path(path_type=Path),
     default=None,
-    help="File to write (default: ./<CID>). Written to a temporary file, then renamed.",
+    help="File to write (default: ./<CID>). Written to a temporary file, then renamed. A "
+    "directory CID (e.g. a sync folder's snapshot) is written as a new directory tree here.",
 )
 @click.option(
     "--peer",
@@ -348,7 +349,8 @@ def fetch_progress(description: str) -> Iterator[Callable[[FetchProgress], None]
 def fetch(
     cid: str, output: Path | None, peers: tuple[Multiaddr, ...], stall_timeout: float
 ) -> None:
-    """Write the file with root CID, fetching missing blocks from peers; verifies every block."""
+    """Write the file (or directory tree) with root CID, fetching missing blocks from peers;
+    verifies every block."""
     root = parse_cid(cid)
     out = output if output is not None else Path(str(root))
     client = running_daemon()

@@ -37,6 +37,7 @@ from .content.blockstore import NoSpace
 from .content.cid import CID, HASH_NAMES
 from .content.ingest import export_file
 from .content.reader import decode_block
+from .content.tree import export_tree, is_directory
 from .errors import FileshareError, NotFound
 from .identity.peerid import PeerId
 from .limits import DIAL_TIMEOUT
@@ -353,13 +354,17 @@ async def fetch_file(
     config: SessionConfig | None = None,
     pin: bool = True,
 ) -> FetchResult:
-    """Fetch the file at ``root`` and write it to ``out`` (temporary file + rename).
+    """Fetch the file at ``root`` and write it to ``out`` (temporary file + rename); a directory
+    (plain or sharded) is written as a new directory tree at ``out`` (see ``export_tree``).
 
-    Returns once the whole file is written and verified. A network fetch pins ``root`` (named
+    Returns once the whole file or tree is written and verified. A network fetch pins ``root`` (named
     after ``out``) when ``pin``; a file already complete in the store is just written out.
     """
     if await trio.Path(out).is_dir():
-        raise FileshareError(f"{out} is a directory; give the path of the file to write")
+        raise FileshareError(
+            f"{out} is an existing directory; give the path of the file to write "
+            "(for a directory CID, a path that does not exist yet)"
+        )
     if not await trio.Path(out.parent if str(out.parent) else ".").is_dir():
         raise NotFound(f"directory {out.parent} does not exist")
     tmp = out.parent / f".{out.name}.{uuid.uuid4().hex[:12]}.part"
@@ -384,6 +389,8 @@ async def fetch_file(
             os.close(output.fd)
     if streamed:
         size = output.written if output is not None else 0
+    elif await is_directory(node.repo, root):  # the whole tree is local now: write it out
+        size = (await export_tree(node.repo, root, out)).size
     else:
         log.debug("writing %s from the store (the fetched blocks did not cover the file)", out)
         size = (await export_file(node.repo, root, out)).size

@@ -260,6 +260,25 @@ def test_directory_of_thousands_of_files_is_sharded(cluster: Cluster) -> None:
     cluster.wait_same(what="the directory deleted")
 
 
+def test_any_node_fetches_the_snapshot_tree_by_cid(cluster: Cluster, tmp_path: Path) -> None:
+    """The published root is a UnixFS directory: `fileshare fetch ROOT` on a node that is not a
+    member writes the folder's tree (without .fileshare/), every block verified."""
+    a = cluster.a
+    start = len(a.events)
+    write(a.dir / "shared/by-cid.txt", b"fetched as part of a tree")
+    cluster.wait_same("shared/by-cid.txt", what="a file for the tree")
+    root = a.wait_event(lambda e: e["event"] == "published" and a.events.index(e) >= start)["root"]
+    addr = next(x for x in a.info["addrs"] if "/ip4/127.0.0.1/" in x)
+    out = tmp_path / "tree"
+    subprocess.run(
+        [*FILESHARE, "--repo", str(tmp_path / "outsider"), "fetch", root, "-o", str(out),
+         "--peer", addr],
+        capture_output=True, text=True, timeout=60, cwd=ROOT, env=ENV, check=True,
+    )  # fmt: skip
+    assert tree(out) == tree(a.dir) and "shared/by-cid.txt" in tree(out)
+    assert not (out / ".fileshare").exists()
+
+
 def test_concurrent_edit_makes_the_same_conflict_copy(cluster: Cluster) -> None:
     a, b = cluster.a, cluster.b
     write(a.dir / "notes.txt", b"base")
