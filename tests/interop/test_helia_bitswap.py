@@ -13,6 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from fileshare.content.cid import CID, RAW
+from fileshare.identity.keys import PrivateKey
+from fileshare.identity.peerid import PeerId
+from fileshare.repo import Repo
+from fileshare.sync.snapshot import Entry, build_tree
+from fileshare.sync.version import Version
+
 from .peers import DaemonFactory, PeerFactory, payload_chunks, payload_sha256, run_cli
 
 MIB = 1024 * 1024
@@ -73,3 +80,31 @@ async def test_we_fetch_what_helia_added(
     result = json.loads(res.stdout.splitlines()[-1])
     assert result["size"] == size and result["peers"] == {info["peer_id"]: result["bytes_fetched"]}
     assert hashlib.sha256(out.read_bytes()).hexdigest() == payload_sha256(size)
+
+
+async def test_helia_reads_our_sharded_directory(
+    tmp_path: Path, js_peer: PeerFactory, fileshare_daemon: DaemonFactory
+) -> None:
+    """A folder tree as `fileshare sync` builds it (blake3), with a 5,000-entry sharded (HAMT)
+    directory: Helia lists it and reads a file through it by path, over bitswap from our daemon."""
+    files = {f"many/entry-{i:05d}.txt": f"entry {i}\n".encode() for i in range(5000)}
+    files["docs/readme.txt"] = b"a plain directory beside the sharded one\n"
+    author = PeerId.from_public_key(PrivateKey.from_seed(b"\x03" * 32).public_key())
+    entries, blocks = [], []
+    for path, data in files.items():
+        cid = CID.from_data(RAW, data)
+        blocks.append((cid, data))
+        entries.append(Entry(path, cid, len(data), 0, 0o644, len(data), author, Version()))
+    root, dirs = build_tree(entries)
+    repo = Repo.open(tmp_path / "repo")
+    try:
+        repo.blocks.put_many_sync(blocks + [(b.cid, b.data) for b in dirs])
+    finally:
+        repo.close()
+    daemon = await fileshare_daemon(tmp_path / "repo")
+    peer = await js_peer(services=["identify", "helia"])
+    listed = await peer.command("helia_ls", cid=str(root), addr=daemon.addr, path="many")
+    assert sorted(listed["names"]) == sorted(p.split("/")[1] for p in files if "many/" in p)
+    for name in ("many/entry-00000.txt", "many/entry-03141.txt", "docs/readme.txt"):
+        got = await peer.command("helia_cat", cid=str(root), path=name)
+        assert got["sha256"] == hashlib.sha256(files[name]).hexdigest(), name

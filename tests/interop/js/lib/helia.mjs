@@ -8,7 +8,9 @@
 //   {"cmd":"helia_dial","addr":MA} -> {"peer_id"}
 //   {"cmd":"helia_add","size":N[,"chunk":BYTES]} -> {"cid","seconds"}  (the shared test payload,
 //        @helia/unixfs defaults: CIDv1, raw leaves, sha2-256, 1 MiB chunks)
-//   {"cmd":"helia_cat","cid":CID[,"addr":MA]} -> {"sha256","bytes","seconds"}  (dials addr first)
+//   {"cmd":"helia_cat","cid":CID[,"addr":MA][,"path":P]} -> {"sha256","bytes","seconds"}
+//        (dials addr first; path: below the CID, through plain and sharded directories)
+//   {"cmd":"helia_ls","cid":CID[,"addr":MA][,"path":P]} -> {"names":[...]}
 import { createHash } from 'node:crypto'
 import { noise } from '@chainsafe/libp2p-noise'
 import { yamux } from '@chainsafe/libp2p-yamux'
@@ -80,11 +82,19 @@ export const heliaService = {
       const started = performance.now()
       const hash = createHash('sha256')
       let bytes = 0
-      for await (const buf of fs.cat(CID.parse(c.cid), { signal })) {
+      for await (const buf of fs.cat(CID.parse(c.cid), { signal, path: c.path })) {
         hash.update(buf)
         bytes += buf.length
       }
       return { sha256: hash.digest('hex'), bytes, seconds: (performance.now() - started) / 1000 }
+    },
+    helia_ls: async (c, signal) => {
+      if (c.addr !== undefined) await helia.libp2p.dial(multiaddr(c.addr), { signal })
+      const names = []
+      for await (const entry of fs.ls(CID.parse(c.cid), { signal, path: c.path })) {
+        names.push(entry.name)
+      }
+      return { names }
     },
     helia_stop: async () => { await helia?.stop(); return {} }
   }
