@@ -26,3 +26,21 @@ def corrupt_block(store: Blockstore, block: CID | bytes) -> None:
         db.commit()
     finally:
         db.close()
+
+
+def folder_tree(files: dict[str, bytes]) -> tuple[CID, list[tuple[CID, bytes]]]:
+    """The UnixFS tree a sync folder holding ``files`` (path -> bytes, one raw block each, so
+    keep them small) publishes: its root and every block (files and directories) to store."""
+    from fileshare.identity.keys import PrivateKey
+    from fileshare.identity.peerid import PeerId
+    from fileshare.sync.snapshot import Entry, build_tree
+    from fileshare.sync.version import Version
+
+    author = PeerId.from_public_key(PrivateKey.from_seed(b"\x07" * 32).public_key())
+    entries, blocks = [], []
+    for path, data in files.items():
+        cid = CID.from_data(0x55, data)
+        blocks.append((cid, data))
+        entries.append(Entry(path, cid, len(data), 0, 0o644, len(data), author, Version()))
+    root, dirs = build_tree(entries)
+    return root, blocks + [(b.cid, b.data) for b in dirs]

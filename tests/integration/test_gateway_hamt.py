@@ -10,19 +10,15 @@ from pathlib import Path
 import httpx
 import trio
 
-from fileshare.content.cid import CID, RAW
+from fileshare.content.cid import DAG_PB
 from fileshare.content.reader import decode_block
 from fileshare.content.unixfs import decode_directory
 from fileshare.daemon.car import decode_car
 from fileshare.daemon.gateway import Gateway
 from fileshare.daemon.http import HTTPServer
-from fileshare.identity.keys import PrivateKey
-from fileshare.identity.peerid import PeerId
 from fileshare.repo import Repo
-from fileshare.sync.snapshot import Entry, build_tree
-from fileshare.sync.version import Version
 
-AUTHOR = PeerId.from_public_key(PrivateKey.from_seed(b"\x01" * 32).public_key())
+from ..storeutil import folder_tree
 
 
 @asynccontextmanager
@@ -40,15 +36,9 @@ async def get(url: str, **params: str) -> httpx.Response:
 async def test_paths_through_a_sharded_directory(tmp_path: Path) -> None:
     files = {f"big/file-{i:05d}.txt": f"file number {i}\n".encode() for i in range(6000)}
     files["small/readme.txt"] = b"a plain directory beside the sharded one\n"
-    entries = []
-    blocks = []
-    for path, data in files.items():
-        cid = CID.from_data(RAW, data)
-        blocks.append((cid, data))
-        entries.append(Entry(path, cid, len(data), 0, 0o644, len(data), AUTHOR, Version()))
-    root, dirs = build_tree(entries)
-    blocks += [(b.cid, b.data) for b in dirs]
-    root_block = next(b.data for b in dirs if b.cid == root)
+    root, blocks = folder_tree(files)
+    dirs = [(c, b) for c, b in blocks if c.codec == DAG_PB]
+    root_block = next(b for c, b in dirs if c == root)
     big = next(lk.hash for lk in decode_directory(root_block)[1] if lk.name == "big")
     repo = Repo.open(tmp_path / "repo")
     try:
@@ -76,7 +66,7 @@ async def test_paths_through_a_sharded_directory(tmp_path: Path) -> None:
             res = await get(f"{base}/ipfs/{root}/big", format="car", **{"dag-scope": "entity"})
             _, car = decode_car(res.content)
             shards = [c for c, b in car if decode_block(c, b).kind == "hamt"]
-            expected = {b.cid for b in dirs if decode_block(b.cid, b.data).kind == "hamt"}
+            expected = {c for c, b in dirs if decode_block(c, b).kind == "hamt"}
             assert set(shards) == expected and big in expected
             assert all(decode_block(c, b).kind != "raw" for c, b in car)
     finally:

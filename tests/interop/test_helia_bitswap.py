@@ -13,13 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from fileshare.content.cid import CID, RAW
-from fileshare.identity.keys import PrivateKey
-from fileshare.identity.peerid import PeerId
 from fileshare.repo import Repo
-from fileshare.sync.snapshot import Entry, build_tree
-from fileshare.sync.version import Version
 
+from ..storeutil import folder_tree
 from .peers import DaemonFactory, PeerFactory, payload_chunks, payload_sha256, run_cli
 
 MIB = 1024 * 1024
@@ -89,16 +85,10 @@ async def test_helia_reads_our_sharded_directory(
     directory: Helia lists it and reads a file through it by path, over bitswap from our daemon."""
     files = {f"many/entry-{i:05d}.txt": f"entry {i}\n".encode() for i in range(5000)}
     files["docs/readme.txt"] = b"a plain directory beside the sharded one\n"
-    author = PeerId.from_public_key(PrivateKey.from_seed(b"\x03" * 32).public_key())
-    entries, blocks = [], []
-    for path, data in files.items():
-        cid = CID.from_data(RAW, data)
-        blocks.append((cid, data))
-        entries.append(Entry(path, cid, len(data), 0, 0o644, len(data), author, Version()))
-    root, dirs = build_tree(entries)
+    root, blocks = folder_tree(files)
     repo = Repo.open(tmp_path / "repo")
     try:
-        repo.blocks.put_many_sync(blocks + [(b.cid, b.data) for b in dirs])
+        repo.blocks.put_many_sync(blocks)
     finally:
         repo.close()
     daemon = await fileshare_daemon(tmp_path / "repo")

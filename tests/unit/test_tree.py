@@ -11,13 +11,9 @@ from fileshare.content.dagpb import PBLink, encode_node
 from fileshare.content.tree import export_tree, is_directory
 from fileshare.content.unixfs import UnixFSData, encode_directory, encode_symlink
 from fileshare.errors import DecodeError, FileshareError, NotFound
-from fileshare.identity.keys import PrivateKey
-from fileshare.identity.peerid import PeerId
 from fileshare.repo import Repo
-from fileshare.sync.snapshot import Entry, build_tree
-from fileshare.sync.version import Version
 
-AUTHOR = PeerId.from_public_key(PrivateKey.from_seed(b"\x02" * 32).public_key())
+from ..storeutil import folder_tree
 
 
 @pytest.fixture
@@ -28,13 +24,8 @@ def repo(tmp_path: Path) -> Repo:
 
 
 def store_tree(repo: Repo, files: dict[str, bytes]) -> CID:
-    entries, blocks = [], []
-    for path, data in files.items():
-        cid = CID.from_data(RAW, data)
-        blocks.append((cid, data))
-        entries.append(Entry(path, cid, len(data), 0, 0o644, len(data), AUTHOR, Version()))
-    root, dirs = build_tree(entries)
-    repo.blocks.put_many_sync(blocks + [(b.cid, b.data) for b in dirs])
+    root, blocks = folder_tree(files)
+    repo.blocks.put_many_sync(blocks)
     return root
 
 
