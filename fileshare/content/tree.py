@@ -11,18 +11,22 @@ whoever made the DAG.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
+import os
 import shutil
 import uuid
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import trio
 
-from ..errors import DecodeError, FileshareError
-from ..limits import MAX_DAG_DEPTH
+from ..errors import DecodeError, FileshareError, NotFound
+from ..limits import MAX_DAG_DEPTH, MIB
 from ..repo import Repo
-from .cid import CID
+from .blockstore import Blockstore, no_space
+from .cid import CID, RAW
 from .dagpb import PBLink
 from .hamt import hamt_entries
 from .ingest import export_file, local_source
@@ -63,33 +67,111 @@ async def export_tree(repo: Repo, root: CID, out: Path, *, fsync: bool = True) -
     get = local_source(repo)
     tmp = out.parent / f".{out.name}.{uuid.uuid4().hex[:12]}.part"
     await trio.Path(tmp).mkdir()
-    files = directories = size = skipped = 0
+    counts = _Counts()
     try:
         stack: list[tuple[CID, Path, int]] = [(root, tmp, 0)]
         while stack:
             cid, dest, depth = stack.pop()
             if depth > MAX_DAG_DEPTH:
                 raise DecodeError(f"directory tree under {root} is deeper than {MAX_DAG_DEPTH}")
-            for link in await _entries(repo, cid, await get(cid)):
-                assert link.name is not None  # checked by _entries
-                target = dest / link.name
-                kind = decode_block(link.hash, await get(link.hash)).kind
-                if kind in ("raw", "file"):
-                    size += (await export_file(repo, link.hash, target, fsync=fsync)).size
-                    files += 1
-                elif kind in DIRECTORY_KINDS:
-                    await trio.Path(target).mkdir()
-                    directories += 1
-                    stack.append((link.hash, target, depth + 1))
-                else:
-                    log.warning("skipping %s (a %s) under %s", target.relative_to(tmp), kind, root)
-                    skipped += 1
+            entries = await _entries(repo, cid, await get(cid))
+            done = 0
+            while done < len(entries):
+                loaded = await trio.to_thread.run_sync(
+                    _load, repo.blocks, entries[done : done + _BATCH]
+                )
+                done += len(loaded)
+                for link, data in loaded:
+                    assert link.name is not None  # checked by _entries
+                    target = dest / link.name
+                    node = decode_block(link.hash, data) if data is not None else None
+                    if node is None or (node.kind == "file" and node.links):
+                        # a large file: streamed from the store on its own (every block checked)
+                        done_file = await export_file(repo, link.hash, target, fsync=fsync)
+                        counts.size += done_file.size
+                        counts.files += 1
+                    elif node.kind in DIRECTORY_KINDS:
+                        await trio.Path(target).mkdir()
+                        counts.directories += 1
+                        stack.append((link.hash, target, depth + 1))
+                    elif node.kind == "raw":
+                        counts.pending.append((target, node.data))
+                    elif node.kind == "file":  # one node holding all its bytes
+                        if node.filesize not in (None, len(node.data)):
+                            raise DecodeError(f"file node {link.hash} holds {len(node.data)} "
+                                              f"bytes but says {node.filesize}")  # fmt: skip
+                        counts.pending.append((target, node.data))
+                    else:
+                        log.warning("skipping %s (a %s) under %s", target.relative_to(tmp),
+                                    node.kind, root)  # fmt: skip
+                        counts.skipped += 1
+                await trio.to_thread.run_sync(counts.flush, fsync)
         await trio.Path(tmp).rename(out)
     except BaseException:
         with trio.CancelScope(shield=True), contextlib.suppress(OSError):
             await trio.to_thread.run_sync(shutil.rmtree, tmp)
         raise
-    return TreeResult(root, out, files, directories, size, skipped)
+    return TreeResult(root, out, counts.files, counts.directories, counts.size, counts.skipped)
+
+
+_BATCH = 256  # directory entries whose blocks are read in one worker-thread call
+_BATCH_BYTES = 16 * MIB  # ... unless they add up to this first (the rest: next call)
+_FSYNC_THREADS = 8  # concurrent fsyncs share journal commits
+
+
+@dataclass(slots=True)
+class _Counts:
+    files: int = 0
+    directories: int = 0
+    size: int = 0
+    skipped: int = 0
+    pending: list[tuple[Path, bytes]] = field(default_factory=list)  # small files to write
+
+    def flush(self, fsync: bool) -> None:
+        """Worker thread: write the pending one-block files as new files, fsynced together."""
+        fds: list[int] = []
+        try:
+            for target, data in self.pending:
+                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+                fd = os.open(target, flags, 0o644)
+                fds.append(fd)
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                self.files += 1
+                self.size += len(data)
+            if fsync and fds:
+                with ThreadPoolExecutor(min(_FSYNC_THREADS, len(fds))) as pool:
+                    list(pool.map(os.fsync, fds))
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise no_space(target.parent) from exc
+            raise
+        finally:
+            for fd in fds:
+                os.close(fd)
+            self.pending.clear()
+
+
+def _load(blocks: Blockstore, links: list[PBLink]) -> list[tuple[PBLink, bytes | None]]:
+    """Worker thread: the verified root blocks of a prefix of ``links`` (at least one, about
+    ``_BATCH_BYTES`` at most); None for a raw block over 1 MiB (a file streamed on its own)."""
+    out: list[tuple[PBLink, bytes | None]] = []
+    total = 0
+    for link in links:
+        if total >= _BATCH_BYTES:
+            break
+        if link.hash.codec == RAW:
+            size = blocks.size_sync(link.hash)
+            if size is None:
+                raise NotFound(f"block {link.hash} is not in the local store")
+            if size > MIB:
+                out.append((link, None))
+                continue
+        data = blocks.get_sync(link.hash)
+        out.append((link, data))
+        total += len(data)
+    return out
 
 
 async def _entries(repo: Repo, cid: CID, data: bytes) -> list[PBLink]:

@@ -75,3 +75,30 @@ async def test_symlinks_skipped_bad_names_and_missing_blocks(repo: Repo, tmp_pat
     with pytest.raises(NotFound):
         await export_tree(repo, gone_cid, tmp_path / "m")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["g", "repo"]
+
+
+async def test_large_and_multi_block_files(repo: Repo, tmp_path: Path) -> None:
+    """A raw block over 1 MiB and a multi-block file are streamed on their own, bytes exact."""
+    from fileshare.content.builder import build_dag, chunk_bytes
+    from fileshare.content.layout import make_layout
+    from fileshare.identity.keys import PrivateKey
+    from fileshare.identity.peerid import PeerId
+    from fileshare.sync.snapshot import Entry, build_tree
+    from fileshare.sync.version import Version
+
+    author = PeerId.from_public_key(PrivateKey.from_seed(b"\x09" * 32).public_key())
+    one_block = bytes(range(256)) * 6000  # 1.5 MiB: one raw block
+    chunked = bytes(range(251)) * 400  # 100 KB in 4 KiB chunks: a dag-pb root with links
+    root_cid, dag = build_dag(chunk_bytes(chunked, 4096), make_layout(chunk_size=4096))
+    raw_cid = CID.from_data(RAW, one_block)
+    entries = [
+        Entry("a/one.bin", raw_cid, len(one_block), 0, 0o644, len(one_block), author, Version()),
+        Entry("a/chunked.bin", root_cid, len(chunked), 0, 0o644, 0, author, Version()),
+    ]
+    root, dirs = build_tree(entries)
+    repo.blocks.put_many_sync(
+        [(raw_cid, one_block), *((b.cid, b.data) for b in dag), *((b.cid, b.data) for b in dirs)]
+    )
+    result = await export_tree(repo, root, tmp_path / "out")
+    assert read_tree(tmp_path / "out") == {"a/one.bin": one_block, "a/chunked.bin": chunked}
+    assert result.files == 2 and result.size == len(one_block) + len(chunked)
