@@ -35,7 +35,7 @@ from multiaddr import Multiaddr
 
 from .content.blockstore import NoSpace
 from .content.cid import CID, HASH_NAMES
-from .content.ingest import export_file
+from .content.ingest import export_file, lock_shared
 from .content.reader import decode_block
 from .content.tree import export_tree, is_directory
 from .errors import FileshareError, NotFound
@@ -43,7 +43,7 @@ from .identity.peerid import PeerId
 from .limits import DIAL_TIMEOUT
 from .protocols.bitswap.client import FetchSession, FileOutput
 from .protocols.bitswap.session_types import SessionConfig
-from .repo import LOCK_TIMEOUT, Pin, Repo, RepoBusy, RepoLock
+from .repo import Pin, Repo
 
 if TYPE_CHECKING:
     from .node import Node
@@ -127,17 +127,6 @@ async def find_providers(node: Node, cid: CID) -> AsyncIterator[Provider]:
     async with aclosing(node.kad.find_providers(cid)) as found:
         async for provider in found:
             yield provider
-
-
-async def _lock_shared(repo: Repo) -> RepoLock:
-    """The repository lock, shared (so gc cannot delete blocks while we fetch)."""
-    with trio.move_on_after(LOCK_TIMEOUT):
-        while True:
-            lock = repo.try_lock(exclusive=False)
-            if lock is not None:
-                return lock
-            await trio.sleep(0.05)
-    raise RepoBusy(f"repository {repo.path} is busy (a gc is running); retry later")
 
 
 class _Rate:
@@ -269,7 +258,7 @@ async def _fetch_blocks(
     status = await trio.to_thread.run_sync(repo.dag_status, [root])
     if status.complete:
         return FetchResult(root, None, 0, time.monotonic() - wall, network=False), False
-    lock = await _lock_shared(repo)
+    lock = await lock_shared(repo)
     try:
         async with (
             node.bitswap.session(root, config, output=output) as fetch,

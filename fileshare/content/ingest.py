@@ -96,7 +96,7 @@ async def import_file(
     path = Path(path)
     fd, size = await trio.to_thread.run_sync(_open_source, path)
     try:
-        lock = await _lock_shared(repo)
+        lock = await lock_shared(repo)
         try:
             root, count = await _import_fd(repo.blocks, fd, size, layout, progress, durable)
             if await trio.to_thread.run_sync(_fd_size, fd) != size:
@@ -140,7 +140,7 @@ def _fd_size(fd: int) -> int:
     return os.fstat(fd).st_size
 
 
-async def _lock_shared(repo: Repo) -> RepoLock:
+async def lock_shared(repo: Repo) -> RepoLock:
     """The repository lock in shared mode (so gc cannot run meanwhile), polling cancellably."""
     with trio.move_on_after(LOCK_TIMEOUT):
         while True:

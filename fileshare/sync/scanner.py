@@ -26,11 +26,11 @@ import trio
 
 from ..content.builder import build_dag, chunk_bytes
 from ..content.cid import CID
-from ..content.ingest import FileChanged, import_file, layout_names
+from ..content.ingest import FileChanged, import_file, layout_names, lock_shared
 from ..content.layout import Layout, make_layout
 from ..errors import FileshareError, NotFound
 from ..limits import MIB, SYNC_IMPORT_CONCURRENCY, SYNC_SETTLE_SECONDS
-from ..repo import LOCK_TIMEOUT, Pin, Repo, RepoBusy, RepoLock
+from ..repo import Pin, Repo, RepoBusy
 from .ignore import IgnoreRules
 from .merge import LocalFile
 from .paths import RESERVED_DIR, UnsafePath, check_relpath
@@ -177,7 +177,7 @@ class Scanner:
         self, todo: list[_Todo], result: ScanResult, rows: list[CachedFile]
     ) -> None:
         try:
-            lock = await _lock_shared(self.repo)
+            lock = await lock_shared(self.repo)
         except RepoBusy as exc:
             for rel, _, _ in todo:
                 result.skipped[rel] = str(exc)
@@ -239,17 +239,6 @@ class _Imported:
 _UNSTABLE = "unstable"  # changed while being read: retried by a later scan
 _GONE = "gone"  # deleted meanwhile: the next scan sees it gone
 _Outcome = _Imported | str  # or the reason it was skipped
-
-
-async def _lock_shared(repo: Repo) -> RepoLock:
-    """The repository lock in shared mode (so gc cannot run meanwhile), polling cancellably."""
-    with trio.move_on_after(LOCK_TIMEOUT):
-        while True:
-            lock = repo.try_lock(exclusive=False)
-            if lock is not None:
-                return lock
-            await trio.sleep(0.05)
-    raise RepoBusy(f"repository {repo.path} is busy (a gc is running); retry later")
 
 
 def _batches(todo: list[_Todo]) -> list[list[_Todo]]:
