@@ -141,7 +141,7 @@ class SimNetwork:
             table = RoutingTable(peer_id, k=k, local_key=key)
             providers = ProviderStore()
             server = KadServer(
-                peer_id, table, providers, local_addrs=(addr,), k=k, key_fn=self.key_of
+                peer_id, table, providers, local_addrs=lambda a=addr: (a,), k=k, key_fn=self.key_of
             )
             node = SimNode(i, peer_id, key, (addr,), table, providers, server)
             self.nodes.append(node)

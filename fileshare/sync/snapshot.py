@@ -81,9 +81,6 @@ class Entry:
     def deleted(self) -> bool:
         return self.cid is None
 
-    def same_content(self, other: Entry) -> bool:
-        return self.cid == other.cid
-
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:

@@ -219,7 +219,7 @@ def make_server(n_peers: int = 30, validator: OnlyV | None = None) -> KadServer:
     table = RoutingTable(me)
     for i in range(1, n_peers + 1):
         table.try_add(pid(i), [ip4(i, i)], 0.0)
-    return KadServer(me, table, ProviderStore(), local_addrs=[ip4(9, 9)], validator=validator)
+    return KadServer(me, table, ProviderStore(), local_addrs=lambda: [ip4(9, 9)], validator=validator)
 
 
 def test_find_node_returns_k_closest_without_requester() -> None:

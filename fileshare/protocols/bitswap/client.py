@@ -112,8 +112,6 @@ class FetchSession:
         self.peers: set[PeerId] = set()
         self.dropped: dict[PeerId, str] = {}
         self.error: FileshareError | None = None
-        self.blocks_written = 0
-        self.bytes_written = 0
         self.last_block = trio.current_time()  # last time a block was stored or found locally
         self._writes = 0
         self._wake = trio.Event()
@@ -210,8 +208,6 @@ class FetchSession:
             self.wake()
         if self.output is not None:
             self.output.written += written
-        self.blocks_written += len(stores)
-        self.bytes_written += sum(len(s.data) for s in stores)
         self.last_block = trio.current_time()
         self.service.blocks_added(s.cid for s in stores)
 

@@ -308,10 +308,6 @@ class BitswapService:
         await link.ready.wait()
         return link.protocol
 
-    def link_protocol(self, peer: PeerId) -> str | None:
-        link = self._links.get(peer)
-        return link.protocol if link is not None and not link.closed else None
-
     # --- used by FetchSession ---
 
     def send_wants(self, fetch: FetchSession, peer: PeerId, entries: Sequence[WantEntry]) -> None:

@@ -217,10 +217,6 @@ class Lookup:
         cand = self._by_id.get(peer_id)
         return None if cand is None else cand.state
 
-    def addrs_of(self, peer_id: bytes) -> tuple[bytes, ...]:
-        cand = self._by_id.get(peer_id)
-        return () if cand is None else cand.peer.addrs
-
     def result(self) -> LookupResult:
         closest: list[Peer] = []
         for dist in sorted(self._by_dist):

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import trio
 from multiaddr import Multiaddr
 
-from ...errors import FileshareError, ProtocolError
+from ...errors import ProtocolError
 from ...identity.peerid import PeerId
 from ...limits import (
     KAD_MAX_IDLE_STREAMS_PER_PEER,
@@ -31,23 +31,13 @@ from ...limits import (
     KAD_RPC_TIMEOUT,
 )
 from ...net.host import Host, NetStream
+from ...net.upgrade import STREAM_FAILURES
 from ...wire.protobuf import LengthPrefixedDecoder, length_prefixed
 from .messages import PROTOCOL_ID, Message, MessageType, decode_message, encode_message
 
 log = logging.getLogger("fileshare.protocols.kad")
 
 _READ_CHUNK = 64 * 1024
-
-STREAM_ERRORS: tuple[type[Exception], ...] = (
-    trio.BrokenResourceError,
-    trio.ClosedResourceError,
-    trio.EndOfChannel,
-    OSError,
-    EOFError,
-    FileshareError,
-)
-
-_SEND_ERRORS: tuple[type[Exception], ...] = (trio.TooSlowError, *STREAM_ERRORS)
 
 
 class RpcError(ProtocolError):
@@ -66,8 +56,9 @@ async def read_message(stream: NetStream, decoder: LengthPrefixedDecoder) -> Mes
 
     Raises ``DecodeError``/``LimitExceeded`` for a malformed message or a half-received one at EOF.
     """
+    data = b""  # first look at what the decoder already holds
     while True:
-        frames = decoder.feed(b"")
+        frames = decoder.feed(data)
         if frames:
             if len(frames) > 1 or decoder.buffered:
                 raise ProtocolError("peer sent more than one DHT message for one request")
@@ -77,15 +68,10 @@ async def read_message(stream: NetStream, decoder: LengthPrefixedDecoder) -> Mes
             if decoder.buffered:
                 raise ProtocolError("DHT stream ended inside a message")
             return None
-        frames = decoder.feed(data)
-        if frames:
-            if len(frames) > 1 or decoder.buffered:
-                raise ProtocolError("peer sent more than one DHT message for one request")
-            return decode_message(frames[0])
 
 
 async def _close_quietly(stream: NetStream) -> None:
-    with contextlib.suppress(*STREAM_ERRORS), trio.move_on_after(1.0):
+    with contextlib.suppress(*STREAM_FAILURES), trio.move_on_after(1.0):
         await stream.aclose()
 
 
@@ -124,7 +110,7 @@ class KadRpc:
                             raise ProtocolError("stream closed before the answer")
                     except BaseException as exc:
                         await out.stream.reset()
-                        if fresh or not isinstance(exc, STREAM_ERRORS):
+                        if fresh or not isinstance(exc, STREAM_FAILURES):
                             raise
                         continue  # the pooled stream went stale: retry once on a fresh one
                     self._give(peer, out)
@@ -132,7 +118,7 @@ class KadRpc:
         except trio.TooSlowError:
             self.failed += 1
             raise RpcError(f"{peer}: no DHT answer within the timeout") from None
-        except STREAM_ERRORS as exc:
+        except STREAM_FAILURES as exc:
             self.failed += 1
             raise RpcError(f"{peer}: DHT request failed: {exc or type(exc).__name__}") from exc
         raise AssertionError("unreachable")
@@ -150,18 +136,18 @@ class KadRpc:
                 out = await self._open(peer, addrs)
                 try:
                     await out.stream.send_all(frame)
-                    with contextlib.suppress(*STREAM_ERRORS):
+                    with contextlib.suppress(*STREAM_FAILURES):
                         await out.stream.send_eof()
                 except BaseException:
                     await out.stream.reset()
                     raise
             # delivered; an echo (or EOF) is optional
             with trio.move_on_after(KAD_PROVIDE_ACK_TIMEOUT):
-                with contextlib.suppress(*STREAM_ERRORS):
+                with contextlib.suppress(*STREAM_FAILURES):
                     await read_message(out.stream, out.decoder)
             await _close_quietly(out.stream)
             return True
-        except _SEND_ERRORS as exc:
+        except STREAM_FAILURES as exc:
             self.failed += 1
             log.debug("ADD_PROVIDER to %s failed: %s", peer, exc or type(exc).__name__)
             return False

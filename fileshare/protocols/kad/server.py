@@ -82,14 +82,14 @@ class KadServer:
         table: RoutingTable,
         providers: ProviderStore,
         *,
-        local_addrs: Iterable[bytes] = (),
+        local_addrs: Callable[[], Iterable[bytes]] = tuple,
         records: RecordStore | None = None,
         validator: RecordValidator | None = None,
         k: int = KAD_K,
         key_fn: Callable[[bytes], int] = kad_key,
     ) -> None:
         self.local_id = local_id
-        self.local_addrs = tuple(local_addrs)
+        self.local_addrs = local_addrs  # called only when a peer asks for our own key
         self.table = table
         self.providers = providers
         self.records = records if records is not None else RecordStore()
@@ -126,7 +126,7 @@ class KadServer:
     def _closer(self, remote: bytes, key: bytes) -> tuple[Peer, ...]:
         found = [e.info for e in self.table.closest(self.key_fn(key), self.k, exclude=(remote,))]
         if key == self.local_id:
-            found.insert(0, Peer(self.local_id, self.local_addrs))
+            found.insert(0, Peer(self.local_id, tuple(self.local_addrs())))
         elif key == remote:
             entry = self.table.get(remote)
             if entry is not None:

@@ -123,7 +123,9 @@ class KadService:
         )
         self.providers = ProviderStore()
         self.reprovider = Reprovider(reprovide_interval)
-        self.server = KadServer(self.local_id, self.table, self.providers, k=k)
+        self.server = KadServer(
+            self.local_id, self.table, self.providers, local_addrs=self.local_addrs, k=k
+        )
         self.rpc = KadRpc(host, timeout=rpc_timeout)
         self.bootstrapped = trio.Event()  # set after the first self lookup and bucket refresh
         self.served = 0  # requests answered
@@ -306,7 +308,6 @@ class KadService:
             raw = pending.pop(0)
             try:
                 request = decode_message(raw)
-                self.server.local_addrs = tuple(self.local_addrs())
                 answer = self.server.handle(peer.bytes, request, trio.current_time())
                 frame = length_prefixed(encode_message(answer))
             except ProtocolError as exc:
