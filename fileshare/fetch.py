@@ -25,7 +25,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import aclosing, asynccontextmanager
+from contextlib import aclosing
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,7 +35,7 @@ from multiaddr import Multiaddr
 
 from .content.blockstore import NoSpace
 from .content.cid import CID, HASH_NAMES
-from .content.ingest import export_file, lock_shared
+from .content.ingest import export_file, first_error, lock_shared
 from .content.reader import decode_block
 from .content.tree import export_tree, is_directory
 from .errors import FileshareError, NotFound
@@ -262,7 +262,7 @@ async def _fetch_blocks(
     try:
         async with (
             node.bitswap.session(root, config, output=output) as fetch,
-            _first_error(),
+            first_error(),
             trio.open_nursery() as nursery,
         ):
             errors = await _add_providers(node, fetch, peers, search=True)
@@ -447,21 +447,3 @@ def _pin(repo: Repo, root: CID, name: str, blocks: int) -> None:
     node = decode_block(root, repo.blocks.get_sync(root))
     hash_name = next((n for n, c in HASH_NAMES.items() if c == root.hash_code), "")
     repo.add_pin(Pin(root, name=name, size=node.filesize or 0, hash=hash_name, blocks=blocks))
-
-
-@asynccontextmanager
-async def _first_error() -> AsyncIterator[None]:
-    """Re-raise a nursery's exception group as its first real error (what a user can act on)."""
-    try:
-        yield
-    except BaseExceptionGroup as group:
-        leaves: list[BaseException] = []
-        stack: list[BaseException] = [group]
-        while stack:
-            exc = stack.pop(0)
-            if isinstance(exc, BaseExceptionGroup):
-                stack[:0] = list(exc.exceptions)
-            else:
-                leaves.append(exc)
-        real = [e for e in leaves if not isinstance(e, trio.Cancelled)]
-        raise (real or leaves)[0] from None

@@ -245,7 +245,7 @@ async def _import_fd(
             pending, pending_bytes = [], 0
             await store.put_many(blocks, verified=True, sync=durable)
 
-    async with _first_error(), trio.open_nursery() as nursery:
+    async with first_error(), trio.open_nursery() as nursery:
         for buffer in buffers:
             nursery.start_soon(worker, buffer)
         done = 0
@@ -271,7 +271,7 @@ async def _import_fd(
 
 
 @contextlib.asynccontextmanager
-async def _first_error() -> AsyncIterator[None]:
+async def first_error() -> AsyncIterator[None]:
     """Re-raise a nursery's exception group as its first real error (what a user can act on)."""
     try:
         yield
@@ -374,7 +374,7 @@ async def export_file(
     if await trio.Path(out).is_dir():
         raise FileshareError(f"{out} is a directory; give the path of the file to write")
     tmp = out.parent / f".{out.name}.{uuid.uuid4().hex[:12]}.part"
-    async with _first_error(), trio.open_nursery() as nursery:
+    async with first_error(), trio.open_nursery() as nursery:
         prefetch = Prefetcher(nursery, get)
         size = await _write_file(cid, prefetch.get, tmp, out, progress, fsync)
         nursery.cancel_scope.cancel()

@@ -30,8 +30,7 @@ from .cid import CID, RAW
 from .dagpb import PBLink
 from .hamt import hamt_entries
 from .ingest import export_file, local_source
-from .reader import decode_block
-from .unixfs import check_directory_links
+from .reader import Node, decode_block
 
 __all__ = ["TreeResult", "export_tree", "is_directory"]
 
@@ -69,12 +68,15 @@ async def export_tree(repo: Repo, root: CID, out: Path, *, fsync: bool = True) -
     await trio.Path(tmp).mkdir()
     counts = _Counts()
     try:
-        stack: list[tuple[CID, Path, int]] = [(root, tmp, 0)]
+        # pending directories; their block kept when small (a large one is read again later)
+        stack: list[tuple[CID, bytes | None, Path, int]] = [(root, None, tmp, 0)]
         while stack:
-            cid, dest, depth = stack.pop()
+            cid, block, dest, depth = stack.pop()
+            if block is None:
+                block = await get(cid)
             if depth > MAX_DAG_DEPTH:
                 raise DecodeError(f"directory tree under {root} is deeper than {MAX_DAG_DEPTH}")
-            entries = await _entries(repo, cid, await get(cid))
+            entries = await _entries(repo, decode_block(cid, block), block)
             done = 0
             while done < len(entries):
                 loaded = await trio.to_thread.run_sync(
@@ -93,7 +95,8 @@ async def export_tree(repo: Repo, root: CID, out: Path, *, fsync: bool = True) -
                     elif node.kind in DIRECTORY_KINDS:
                         await trio.Path(target).mkdir()
                         counts.directories += 1
-                        stack.append((link.hash, target, depth + 1))
+                        kept = data if data is not None and len(data) <= _KEEP_BYTES else None
+                        stack.append((link.hash, kept, target, depth + 1))
                     elif node.kind == "raw":
                         counts.pending.append((target, node.data))
                     elif node.kind == "file":  # one node holding all its bytes
@@ -116,6 +119,7 @@ async def export_tree(repo: Repo, root: CID, out: Path, *, fsync: bool = True) -
 
 _BATCH = 256  # directory entries whose blocks are read in one worker-thread call
 _BATCH_BYTES = 16 * MIB  # ... unless they add up to this first (the rest: next call)
+_KEEP_BYTES = 64 * 1024  # a pending subdirectory's block is kept in memory up to this size
 _FSYNC_THREADS = 8  # concurrent fsyncs share journal commits
 
 
@@ -174,13 +178,13 @@ def _load(blocks: Blockstore, links: list[PBLink]) -> list[tuple[PBLink, bytes |
     return out
 
 
-async def _entries(repo: Repo, cid: CID, data: bytes) -> list[PBLink]:
-    node = decode_block(cid, data)
+async def _entries(repo: Repo, node: Node, data: bytes) -> list[PBLink]:
+    """A directory's entries (names already checked by ``decode_block`` for a plain one)."""
     if node.kind == "directory":
-        check_directory_links(node.links)
         return list(node.links)
     if node.kind != "hamt":
-        raise DecodeError(f"{cid} is a {node.kind}, not a directory")
+        raise DecodeError(f"{node.cid} is a {node.kind}, not a directory")
+    cid = node.cid
 
     def listing() -> list[PBLink]:
         out = list(hamt_entries(data, repo.blocks.get_sync))
