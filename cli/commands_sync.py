@@ -295,8 +295,8 @@ def sync_stop_command(folder: str) -> None:
     client = running_daemon()
     if client is None:
         raise FileshareError("no daemon runs on this repository (an in-process sync stops with ^C)")
-    if os.sep in folder or folder in (".", ".."):
-        folder = str(Path(folder).expanduser().resolve())
+    if Path(folder).expanduser().is_dir():  # a directory, not a folder id: send it absolute
+        folder = str(Path(folder).expanduser().resolve())  # (the daemon's cwd is not ours)
     done = client.call("POST", "/sync/stop", {"folder": folder})
     emit(done, f"stopped {done['folder']} ({done['path']})")
 

@@ -255,6 +255,15 @@ class Repo:
             )
         return pin
 
+    def replace_named_pin(self, pin: Pin) -> Pin:
+        """Record ``pin`` and drop every other pin of the same name (a folder's current root)."""
+        pin = self.add_pin(pin)
+        with self._db_lock, _db_errors(self.db_path):
+            self._db.execute(
+                "DELETE FROM pins WHERE name = ? AND cid <> ?", (pin.name, str(pin.cid))
+            )
+        return pin
+
     def unpin(self, cid: CID) -> bool:
         """Forget a pin; its blocks go at the next ``gc`` unless another pin reaches them."""
         with self._db_lock, _db_errors(self.db_path):

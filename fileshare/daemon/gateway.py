@@ -185,13 +185,14 @@ class Gateway:
         passed: list[CID] = []
         cid = root
         for name in names:
+            block = await self._get(cid)
             try:
-                node = decode_block(cid, await self._get(cid))
+                node = decode_block(cid, block)
             except DecodeError as exc:
                 raise HTTPError(400, f"cannot traverse {cid}: {exc}") from None
             shards: list[CID] = []
             if node.kind == "hamt":
-                link, shards = await self._hamt_lookup(cid, name)
+                link, shards = await self._hamt_lookup(cid, block, name)
             elif node.kind == "directory":
                 link = next((lk for lk in node.links if lk.name == name), None)
             else:
@@ -204,7 +205,9 @@ class Gateway:
             raise HTTPError(404, f"block {cid} is not in this node's store")
         return passed, cid
 
-    async def _hamt_lookup(self, root: CID, name: str) -> tuple[PBLink | None, list[CID]]:
+    async def _hamt_lookup(
+        self, root: CID, block: bytes, name: str
+    ) -> tuple[PBLink | None, list[CID]]:
         """``name`` in the sharded directory ``root`` (its shards read in a worker thread)."""
         blocks = self.repo.blocks
 
@@ -212,7 +215,7 @@ class Gateway:
             return cid.digest if cid.hash_code == IDENTITY else blocks.get_sync(cid)
 
         try:
-            return await trio.to_thread.run_sync(hamt_lookup, load(root), name, load)
+            return await trio.to_thread.run_sync(hamt_lookup, block, name, load)
         except NotFound as exc:
             raise HTTPError(404, str(exc)) from None
         except DecodeError as exc:
@@ -341,6 +344,10 @@ class Gateway:
                 f"{target} is a {node.kind}; only files are served as bytes "
                 "(request ?format=car for the DAG)",
             )
+        etag = f'"{target}"'
+        headers = [*common, ("Etag", etag), ("Accept-Ranges", "bytes")]
+        if _not_modified(request, etag):  # a CID's bytes never change: no need to walk its DAG
+            return Response(304, headers)
         status = await trio.to_thread.run_sync(self.repo.dag_status, [target])
         if status.missing:
             raise HTTPError(
@@ -349,10 +356,6 @@ class Gateway:
         if status.corrupt:
             raise HTTPError(500, f"block {status.corrupt[0]} of {target} is corrupt in the store")
         size = node.filesize or 0
-        etag = f'"{target}"'
-        headers = [*common, ("Etag", etag), ("Accept-Ranges", "bytes")]
-        if _not_modified(request, etag):
-            return Response(304, headers)
         name = request.query.get("filename") or (names[-1] if names else "")
         if not name:
             pin = await trio.to_thread.run_sync(self.repo.get_pin, target)

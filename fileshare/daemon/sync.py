@@ -166,7 +166,7 @@ class SyncManager:
     def _find(self, folder: str) -> _Folder:
         entry = self._folders.get(folder)
         if entry is None:
-            wanted = os.path.abspath(os.path.expanduser(folder))
+            wanted = str(Path(folder).expanduser().resolve())  # as start_folder stored it
             entry = next((f for f in self._folders.values() if str(f.path) == wanted), None)
         if entry is None:
             raise NotFound(f"no sync folder {folder!r} runs on this daemon")

@@ -482,6 +482,4 @@ def _finish(root: FolderRoot, cache: dict[str, CachedFile], f: Fetch, tmp: Path)
     st = os.stat(tmp)
     _require(root, cache, f.path, f.expect)  # last check, just before the rename
     root.install(tmp, f.path)
-    cache[f.path] = CachedFile(
-        f.path, st.st_size, st.st_mtime_ns, st.st_ino, e.mode, e.cid, e.tsize
-    )
+    cache[f.path] = _row(f, st)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import trio
 
-from ..content.builder import build_dag, chunk_bytes
+from ..content.builder import Block, build_dag, chunk_bytes
 from ..content.cid import CID
 from ..content.layout import Layout, make_layout
 from ..identity.keys import PrivateKey
@@ -98,8 +98,11 @@ class SyncFolder:
 
     def snapshot(self) -> Snapshot:
         """The current index as a snapshot with its directory root (blocks not stored)."""
-        root, _ = build_tree(self.index.entries, self.layout.hash_code)
-        return Snapshot(
+        return self._snapshot_and_tree()[0]
+
+    def _snapshot_and_tree(self) -> tuple[Snapshot, list[Block]]:
+        root, blocks = build_tree(self.index.entries, self.layout.hash_code)
+        snap = Snapshot(
             self.config.folder,
             self.me,
             self.index.version,
@@ -107,23 +110,19 @@ class SyncFolder:
             root,
             int(time.time()),
         )
+        return snap, blocks
 
     async def publish(self) -> tuple[bytes, Snapshot]:
         """Store the directory DAG, pin its root, and return the signed snapshot bytes."""
         async with self._lock:
-            snap = self.snapshot()
-            _, blocks = build_tree(snap.entries, self.layout.hash_code)
+            snap, blocks = self._snapshot_and_tree()
             await self.repo.blocks.put_many([(b.cid, b.data) for b in blocks], verified=True)
             assert snap.root is not None
             await trio.to_thread.run_sync(self._repin, snap.root)
             return sign_snapshot(snap, self.key), snap
 
     def _repin(self, root: CID) -> None:
-        name = PIN_PREFIX + self.config.id_text
-        self.repo.add_pin(Pin(root, name=name, shared=True))
-        for pin in self.repo.pins():
-            if pin.name == name and pin.cid != root:
-                self.repo.unpin(pin.cid)
+        self.repo.replace_named_pin(Pin(root, name=PIN_PREFIX + self.config.id_text, shared=True))
 
     async def receive(
         self,

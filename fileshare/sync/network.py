@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 from multiaddr import Multiaddr
 
+from ..content.builder import Block
 from ..content.cid import CID
 from ..content.ingest import local_source
 from ..content.layout import Layout
@@ -55,7 +56,7 @@ from .engine import ReceiveReport, SyncFolder, snapshot_file_blocks
 from .folder import FolderConfig, folder_id_text
 from .merge import plan_merge
 from .pointer import Pointer, decode_pointer, encode_pointer
-from .snapshot import Snapshot, SnapshotRejected, accept_snapshot, build_tree, decode_signed
+from .snapshot import Snapshot, SnapshotRejected, accept_snapshot_tree, decode_signed
 from .version import Version
 from .watcher import run_folder
 
@@ -288,11 +289,7 @@ class SyncService:
 
     def _pin(self, ptr: Pointer) -> None:
         name = "sync-snapshot:" + self.config.id_text
-        repo = self.node.repo
-        repo.add_pin(Pin(ptr.snapshot, name=name, shared=True))
-        for pin in repo.pins():
-            if pin.name == name and pin.cid != ptr.snapshot:
-                repo.unpin(pin.cid)
+        self.node.repo.replace_named_pin(Pin(ptr.snapshot, name=name, shared=True))
 
     def _provide(self, ptr: Pointer) -> None:
         for old in self._provided:
@@ -342,7 +339,7 @@ class SyncService:
         fetched_at = time.monotonic()
         try:
             signed = decode_signed(data)
-            snap = accept_snapshot(signed, self.config.folder, self.config.writers)
+            snap, dirs = accept_snapshot_tree(signed, self.config.folder, self.config.writers)
         except (DecodeError, SnapshotRejected) as exc:
             self._reject(author, ptr, exc)
             return
@@ -365,7 +362,7 @@ class SyncService:
         report: ReceiveReport | None = None
         failure: Exception | None = None
         async with trio.open_nursery() as nursery:
-            bulk = await self._bulk_fetch(snap, claims, peers, fetched)
+            bulk = await self._bulk_fetch(snap, dirs, claims, peers, fetched)
             if bulk is not None:
                 nursery.start_soon(bulk.run)
             ready = bulk.wait if bulk is not None else None
@@ -391,7 +388,12 @@ class SyncService:
             await self.announce()  # our index changed: members that missed it catch up from us
 
     async def _bulk_fetch(
-        self, snap: Snapshot, claims: dict[CID, int], peers: Sequence[Multiaddr], tally: _Tally
+        self,
+        snap: Snapshot,
+        dirs: list[Block],
+        claims: dict[CID, int],
+        peers: Sequence[Multiaddr],
+        tally: _Tally,
     ) -> _BulkFetch | None:
         """Many files to fetch: their whole DAG in one bitswap session, run alongside the apply.
 
@@ -414,7 +416,7 @@ class SyncService:
             )
         except InsufficientSpace:
             return None  # the apply refuses the snapshot, before fetching anything
-        _, dirs = build_tree(snap.entries, snap.root.hash_code)  # verified: the root matched
+        # the directory blocks accept_snapshot_tree built and checked against the root
         await self.node.repo.blocks.put_many([(b.cid, b.data) for b in dirs], verified=True)
         limit = sum(claims.values()) + SYNC_FETCH_OVERHEAD
         return _BulkFetch(self, snap.root, limit, peers, tally)

@@ -316,6 +316,13 @@ def decode_signed(data: bytes | bytearray | memoryview) -> SignedSnapshot:
 def accept_snapshot(signed: SignedSnapshot, folder: bytes, writers: Iterable[PeerId]) -> Snapshot:
     """The snapshot if it is for ``folder``, by an allowed writer, correctly signed, and its root
     matches its entries; else ``SnapshotRejected``."""
+    return accept_snapshot_tree(signed, folder, writers)[0]
+
+
+def accept_snapshot_tree(
+    signed: SignedSnapshot, folder: bytes, writers: Iterable[PeerId]
+) -> tuple[Snapshot, list[Block]]:
+    """``accept_snapshot``, also returning the directory blocks built to check the root."""
     snap = signed.snapshot
     if snap.folder != folder:
         raise SnapshotRejected("snapshot is for another folder")
@@ -331,12 +338,12 @@ def accept_snapshot(signed: SignedSnapshot, folder: bytes, writers: Iterable[Pee
     if snap.root.codec != DAG_PB or snap.root.hash_code not in DIGEST_SIZES:
         raise SnapshotRejected("snapshot root is not a dag-pb directory")
     try:
-        root, _ = build_tree(snap.entries, snap.root.hash_code)
+        root, blocks = build_tree(snap.entries, snap.root.hash_code)
     except ValueError as exc:
         raise SnapshotRejected(f"snapshot tree cannot be built: {exc}") from None
     if root != snap.root:
         raise SnapshotRejected("snapshot root CID does not match its entries")
-    return snap
+    return snap, blocks
 
 
 # --- the UnixFS directory DAG ---
