@@ -24,12 +24,11 @@ from fileshare.content.layout import DEFAULT_PROFILE, PROFILES, Layout, make_lay
 from fileshare.errors import DecodeError, NotFound, VerificationError
 from fileshare.fetch import DEFAULT_STALL_TIMEOUT, FetchProgress, FetchResult
 from fileshare.limits import MIB
-from fileshare.net import addrs
 from fileshare.node import open_node, read_daemon_addrs
 from fileshare.repo import Pin, Repo, pin_cid
 
 from .commands_daemon import running_daemon
-from .commands_net import MULTIADDR, _listen_defaults
+from .commands_net import MULTIADDR, _listen_defaults, check_listen
 from .common import common_options, emit, is_terminal, options, wait_for_stop
 
 log = logging.getLogger("fileshare.cli")
@@ -219,11 +218,7 @@ def share(
         rate = parse_size(max_rate) if max_rate is not None else None
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="'--max-rate'") from None
-    for addr in listen:
-        if not addrs.is_tcp(addr) or addrs.split_peer(addr)[1] is not None:
-            raise click.BadParameter(
-                f"{addr}: expected /ip4|ip6/<host>/tcp/<port>", param_hint="--listen"
-            )
+    check_listen(listen)
     daemon_addrs = read_daemon_addrs(options().repo)
     if daemon_addrs is not None:
         _run_add(file, hash_name, profile, chunk_size, shared=True)  # via its API when it has one
@@ -435,11 +430,7 @@ def gc() -> None:
     else:
         with open_repo() as repo:
             result = repo.gc()
-        data = {
-            "removed_blocks": result.removed_blocks,
-            "removed_bytes": result.removed_bytes,
-            "kept_blocks": result.kept_blocks,
-        }
+        data = result.to_json()
     emit(
         data,
         f"removed {data['removed_blocks']} blocks ({data['removed_bytes']} bytes), "

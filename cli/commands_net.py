@@ -67,6 +67,15 @@ class MultiaddrType(click.ParamType[Multiaddr, Any]):
 MULTIADDR = MultiaddrType()
 
 
+def check_listen(listen: tuple[Multiaddr, ...]) -> None:
+    """``--listen`` takes TCP addresses without a /p2p part (a usage error otherwise)."""
+    for addr in listen:
+        if not addrs.is_tcp(addr) or addrs.split_peer(addr)[1] is not None:
+            raise click.BadParameter(
+                f"{addr}: expected /ip4|ip6/<host>/tcp/<port>", param_hint="--listen"
+            )
+
+
 # --- daemon ------------------------------------------------------------------------------------
 
 
@@ -191,11 +200,7 @@ def daemon(
     Prints one full multiaddr per line once listening, then `api http://127.0.0.1:PORT` and
     `gateway http://127.0.0.1:PORT`. Other commands on this repository then go through the API.
     Flags override the config file (see `fileshare --help`), which overrides the defaults."""
-    for addr in listen:
-        if not addrs.is_tcp(addr) or addrs.split_peer(addr)[1] is not None:
-            raise click.BadParameter(
-                f"{addr}: expected /ip4|ip6/<host>/tcp/<port>", param_hint="--listen"
-            )
+    check_listen(listen)
     running = find_daemon_pid(options().repo)
     if running is not None:
         raise FileshareError(

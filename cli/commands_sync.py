@@ -33,7 +33,7 @@ from fileshare.sync.network import SyncService
 from fileshare.sync.paths import RESERVED_DIR
 
 from .commands_content import fetch_progress
-from .commands_net import MULTIADDR
+from .commands_net import MULTIADDR, check_listen
 from .common import common_options, emit, is_terminal, options, wait_for_stop
 
 log = logging.getLogger("fileshare.cli")
@@ -196,11 +196,7 @@ def sync_command(
     `fileshare sync DIR2 --join INVITE` on another node. Only allowed writers' changes are
     applied by the others; a node not allowed to write only receives.
     """
-    for addr in listen:
-        if not addrs.is_tcp(addr) or addrs.split_peer(addr)[1] is not None:
-            raise click.BadParameter(
-                f"{addr}: expected /ip4|ip6/<host>/tcp/<port>", param_hint="--listen"
-            )
+    check_listen(listen)
     directory.mkdir(parents=True, exist_ok=True)
     directory = directory.resolve()
     if _hand_off(directory, folder_id, allow, invite, listen, peers, no_mdns):

@@ -122,6 +122,14 @@ class GcResult:
     kept_blocks: int
     temp_files: int
 
+    def to_json(self) -> dict[str, int]:
+        """What ``gc`` reports (CLI ``--json`` and the control API alike)."""
+        return {
+            "removed_blocks": self.removed_blocks,
+            "removed_bytes": self.removed_bytes,
+            "kept_blocks": self.kept_blocks,
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class VerifyReport:

@@ -354,13 +354,7 @@ class Api:
 
     async def gc(self, request: Request) -> Response:
         result = await trio.to_thread.run_sync(self.repo.gc)
-        return json_response(
-            {
-                "removed_blocks": result.removed_blocks,
-                "removed_bytes": result.removed_bytes,
-                "kept_blocks": result.kept_blocks,
-            }
-        )
+        return json_response(result.to_json())
 
     # --- sync (wired when the daemon runs a sync service) ---
     async def sync_list(self, request: Request) -> Response:
