@@ -176,8 +176,6 @@ def decode_announcement(
     try:
         text = bytes(data).decode("utf-8")
         doc = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
-    except DecodeError:
-        raise
     except (ValueError, RecursionError) as exc:
         raise DecodeError(f"announcement is not JSON: {exc}") from None
     if not isinstance(doc, dict):
@@ -189,8 +187,6 @@ def decode_announcement(
         raise DecodeError("announced CID too long")
     try:
         cid = CID.parse(cid_text)
-    except DecodeError:
-        raise
     except (ValueError, TypeError, KeyError, IndexError) as exc:
         raise DecodeError(f"announced CID is invalid: {exc}") from None
     raw_addrs = doc.get("addrs", [])
@@ -217,12 +213,7 @@ def decode_announcement(
 
 
 def _author(msg: Message) -> PeerId:
-    try:
-        return PeerId.from_bytes(msg.from_peer or b"")
-    except DecodeError:
-        raise
-    except (ValueError, TypeError) as exc:
-        raise DecodeError(f"bad author: {exc}") from None
+    return PeerId.from_bytes(msg.from_peer or b"")  # raises only DecodeError
 
 
 def validate_announcement(src: PeerId, msg: Message) -> Validation:

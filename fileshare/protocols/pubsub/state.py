@@ -197,7 +197,8 @@ class Outbox:
             head: ControlMessage | None = None if ctl.is_empty() else ctl
             subs = tuple(p.subs)
             size = 8 + sum(len(s.topic) + 8 for s in subs)
-            size += len(encode_control(head)) + 6 if head is not None else 0
+            if head is not None and p.msgs:  # the size matters only when messages may split
+                size += len(encode_control(head)) + 6
             batch: list[Message] = []
             for m in p.msgs:
                 ms = message_wire_size(m)
