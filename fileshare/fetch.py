@@ -34,7 +34,7 @@ import trio
 from multiaddr import Multiaddr
 
 from .content.blockstore import NoSpace
-from .content.cid import CID, HASH_NAMES
+from .content.cid import CID, hash_name_of
 from .content.ingest import export_file, first_error, lock_shared
 from .content.reader import decode_block
 from .content.tree import export_tree, is_directory
@@ -445,5 +445,5 @@ def _pin(repo: Repo, root: CID, name: str, blocks: int) -> None:
     if old is not None:
         return
     node = decode_block(root, repo.blocks.get_sync(root))
-    hash_name = next((n for n, c in HASH_NAMES.items() if c == root.hash_code), "")
+    hash_name = hash_name_of(root.hash_code)
     repo.add_pin(Pin(root, name=name, size=node.filesize or 0, hash=hash_name, blocks=blocks))

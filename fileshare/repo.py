@@ -27,7 +27,7 @@ from pathlib import Path
 from types import TracebackType
 
 from .content.blockstore import Blockstore
-from .content.cid import CID, HASH_NAMES, IDENTITY, RAW
+from .content.cid import CID, IDENTITY, RAW, hash_name_of
 from .content.reader import child_cids, decode_block
 from .errors import FileshareError, NotFound, VerificationError
 
@@ -436,7 +436,7 @@ def pin_cid(repo: Repo, root: CID, name: str = "") -> Pin:
             f" (first: {status.missing[0]})"
         )
     node = decode_block(root, repo.blocks.get_sync(root))
-    hash_name = next((n for n, c in HASH_NAMES.items() if c == root.hash_code), "")
+    hash_name = hash_name_of(root.hash_code)
     old = repo.get_pin(root)
     return repo.add_pin(
         Pin(

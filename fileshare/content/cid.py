@@ -31,6 +31,13 @@ BLAKE3 = 0x1E
 HASH_NAMES: dict[str, int] = {"blake3": BLAKE3, "sha2-256": SHA2_256}
 CODEC_NAMES: dict[int, str] = {RAW: "raw", DAG_PB: "dag-pb", LIBP2P_KEY: "libp2p-key"}
 DIGEST_SIZES: dict[int, int] = {BLAKE3: 32, SHA2_256: 32}
+
+
+def hash_name_of(code: int, default: str = "") -> str:
+    """The name of a multihash code in ``HASH_NAMES`` (``default`` if it has none)."""
+    return next((n for n, c in HASH_NAMES.items() if c == code), default)
+
+
 MAX_IDENTITY_DIGEST = 128  # UnixFS spec: identity CIDs with a longer digest MUST be rejected
 
 assert multihash.Func.blake3 == BLAKE3 and multihash.Func.sha2_256 == SHA2_256

@@ -34,7 +34,7 @@ from ..repo import LOCK_TIMEOUT, Pin, Repo, RepoBusy, RepoLock
 from ..wire.varint import encode_varint
 from .blockstore import Blockstore, NoSpace
 from .builder import Block, DagBuilder
-from .cid import BLAKE3, CID, DAG_PB, DIGEST_SIZES, HASH_NAMES, RAW, hash_digest
+from .cid import BLAKE3, CID, DAG_PB, DIGEST_SIZES, RAW, hash_digest, hash_name_of
 from .layout import PROFILES, Layout
 from .reader import GetBlock, child_cids, decode_block, read_file
 
@@ -71,7 +71,7 @@ def layout_names(layout: Layout) -> tuple[str, str]:
     The profile is a PROFILES key, that key plus ``/chunk-N`` when only the chunk size differs,
     or "custom".
     """
-    hash_name = next((n for n, c in HASH_NAMES.items() if c == layout.hash_code), "unknown")
+    hash_name = hash_name_of(layout.hash_code, "unknown")
     for name, base in PROFILES.items():
         same = base.with_hash(layout.hash_code)
         if same == layout:

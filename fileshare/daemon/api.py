@@ -44,7 +44,7 @@ from typing import Any, Protocol
 import trio
 from multiaddr import Multiaddr
 
-from ..content.cid import CID, CODEC_NAMES, HASH_NAMES
+from ..content.cid import CID, CODEC_NAMES, hash_name_of
 from ..content.ingest import import_file
 from ..content.layout import DEFAULT_PROFILE, make_layout
 from ..content.reader import decode_block
@@ -136,7 +136,7 @@ def _abs_path(body: Json, key: str) -> Path:
 
 def stat_cid(repo: Repo, cid: CID) -> Json:
     """What the local store holds of ``cid`` (blocking: call from a thread)."""
-    hash_name = next((n for n, c in HASH_NAMES.items() if c == cid.hash_code), "")
+    hash_name = hash_name_of(cid.hash_code)
     info: Json = {
         "cid": str(cid),
         "version": cid.version,
