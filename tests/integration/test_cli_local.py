@@ -17,6 +17,8 @@ import pytest
 from fileshare.content.blockstore import Blockstore
 from fileshare.content.cid import CID
 
+from ..storeutil import corrupt_block
+
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "sample_data"
 MIB = 1024 * 1024
@@ -159,12 +161,8 @@ def test_corrupt_block_detected_by_fetch_and_verify(cli: Cli) -> None:
     src = SAMPLES / "random-5MiB.bin"
     cid = cli.ok("add", str(src))
     assert cli.ok("verify").endswith("blocks ok")
-    store = Blockstore(cli.repo / "blocks")
     leaf = CID.from_data(0x55, src.read_bytes()[2 * MIB : 3 * MIB])
-    path = store.path_for(leaf)
-    data = bytearray(path.read_bytes())
-    data[12345] ^= 0x20
-    path.write_bytes(bytes(data))
+    corrupt_block(Blockstore(cli.repo / "blocks"), leaf)
 
     out = cli.cwd / "out.bin"
     line = cli.fails("fetch", cid, "-o", str(out), match="corrupt")

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import selectors
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -19,42 +16,14 @@ from fileshare.content.cid import CID
 from fileshare.content.reader import child_cids
 from fileshare.daemon.car import decode_car
 
-ROOT = Path(__file__).resolve().parents[2]
-FILESHARE = [sys.executable, "-m", "fileshare"]
+from ..procutil import FILESHARE, ROOT, Lines, stop_process
+
 LOOPBACK = "/ip4/127.0.0.1/tcp/0"
 
 
 def _env(tmp: Path) -> dict[str, str]:
     # no user config file; unbuffered output so lines arrive as printed
     return {**os.environ, "PYTHONUNBUFFERED": "1", "XDG_CONFIG_HOME": str(tmp / "xdg")}
-
-
-class Lines:
-    """Lines of a child's stdout, read from the raw pipe (no hidden buffering)."""
-
-    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
-        assert proc.stdout is not None
-        self.proc = proc
-        self.fd = proc.stdout.fileno()
-        self.buf = b""
-
-    def read(self, timeout: float = 20) -> str:
-        deadline = time.monotonic() + timeout
-        while b"\n" not in self.buf:
-            left = deadline - time.monotonic()
-            with selectors.DefaultSelector() as sel:
-                sel.register(self.fd, selectors.EVENT_READ)
-                if left <= 0 or not sel.select(left):
-                    self.proc.kill()
-                    raise AssertionError(
-                        f"no output in {timeout} s: {self.proc.communicate()[1]!r}"
-                    )
-            chunk = os.read(self.fd, 4096)
-            if not chunk:
-                raise AssertionError(f"exited: {self.proc.wait()} {self.proc.communicate()[1]!r}")
-            self.buf += chunk
-        line, _, self.buf = self.buf.partition(b"\n")
-        return line.decode().strip()
 
 
 class Daemon:
@@ -97,25 +66,8 @@ class Daemon:
         )
 
     def stop(self) -> tuple[int, str]:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            _, err = self.proc.communicate(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.communicate()
-            raise AssertionError("daemon did not stop on SIGTERM") from None
-        return self.proc.returncode, err.decode(errors="replace")
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[Daemon]]:
-    started: list[Daemon] = []
-    yield started
-    for d in started:
-        if d.proc.poll() is None:
-            d.proc.kill()
-            d.proc.communicate()
+        code, err = stop_process(self.proc, communicate=True, what="daemon")
+        return code, err.decode(errors="replace")
 
 
 def _ok(res: subprocess.CompletedProcess[str]) -> str:

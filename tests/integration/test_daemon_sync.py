@@ -6,22 +6,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.integration.test_daemon_api import Lines
-
-ROOT = Path(__file__).resolve().parents[2]
-FILESHARE = [sys.executable, "-m", "fileshare"]
-DEADLINE = 30.0
+from ..procutil import FILESHARE, ROOT, Lines, stop_process, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -54,14 +47,7 @@ class Daemon:
             lines.read()
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise AssertionError("daemon did not stop on SIGTERM") from None
+        stop_process(self.proc, what="daemon")
         assert self.proc.stdout is not None
         self.proc.stdout.close()
 
@@ -75,25 +61,6 @@ class Daemon:
 
     def folders(self) -> list[dict[str, Any]]:
         return list(self.cli("sync", "list")["folders"])
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[Daemon]]:
-    started: list[Daemon] = []
-    yield started
-    for d in started:
-        if d.proc.poll() is None:
-            d.proc.kill()
-            d.proc.wait()
-
-
-def wait_until(cond: Callable[[], bool], what: str, timeout: float = DEADLINE) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def has(path: Path, data: bytes) -> bool:

@@ -6,10 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
-import selectors
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing, asynccontextmanager
@@ -21,10 +18,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fileshare.content.cid import CID, RAW, SHA2_256
+from fileshare.errors import ProtocolError
 from fileshare.identity.keys import PrivateKey
 from fileshare.identity.peerid import PeerId
 from fileshare.net import addrs
 from fileshare.net.host import NetStream, open_host
+from fileshare.net.tcp import DialError
+from fileshare.net.yamux import StreamReset
 from fileshare.protocols.identify import IdentifyService
 from fileshare.protocols.kad import PROTOCOL_ID, Message, MessageType, Peer
 from fileshare.protocols.kad.messages import decode_message, encode_message
@@ -33,6 +33,8 @@ from fileshare.protocols.kad.service import KadMode, KadService
 from fileshare.repo import Repo
 from fileshare.wire.protobuf import Writer, length_prefixed
 from fileshare.wire.varint import encode_varint
+
+from ..procutil import ENV, FILESHARE, ROOT, Lines, stop_process
 
 LOOPBACK = "/ip4/127.0.0.1/tcp/0"
 
@@ -174,9 +176,13 @@ async def _read_all(stream: NetStream, limit: float = 5.0) -> tuple[bytes, str]:
                 if not chunk:
                     return data, "eof"
                 data += chunk
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, EOFError):
-            return data, "reset"
-        except Exception:
+        except (
+            StreamReset,
+            trio.BrokenResourceError,
+            trio.ClosedResourceError,
+            OSError,
+            EOFError,
+        ):
             return data, "reset"
     return data, "timeout"
 
@@ -292,7 +298,7 @@ async def test_many_streams_from_one_peer_are_capped(tmp_path: Path) -> None:
             for _ in range(count):
                 try:
                     streams.append(await _raw_stream(hog, victim))
-                except Exception:  # reset during negotiation: refused
+                except (StreamReset, ProtocolError, DialError):  # reset during negotiation
                     refused += 1
             await trio.sleep(0.3)
             for s in streams:  # refused ones are reset; the others idle on (timeout)
@@ -308,10 +314,6 @@ async def test_many_streams_from_one_peer_are_capped(tmp_path: Path) -> None:
 
 # --- 20 `fileshare` processes -----------------------------------------------------------------
 
-ROOT = Path(__file__).resolve().parents[2]
-FILESHARE = [sys.executable, "-m", "fileshare"]
-ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
-
 
 class Proc:
     """A long-running ``fileshare`` process; ``lines`` are its first stdout lines."""
@@ -320,7 +322,6 @@ class Proc:
         self.repo = repo
         self.stderr_path = repo.with_suffix(".stderr")
         repo.parent.mkdir(parents=True, exist_ok=True)
-        self.buf = b""
         self.proc = subprocess.Popen(
             [*FILESHARE, "--repo", str(repo), *args],
             stdout=subprocess.PIPE,
@@ -328,36 +329,17 @@ class Proc:
             cwd=ROOT,
             env=ENV,
         )
+        self.out = Lines(self.proc, self.stderr)
         self.lines = [self.read_line() for _ in range(first_lines)]
 
     def read_line(self, timeout: float = 60) -> str:
-        assert self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
-        end = time.monotonic() + timeout
-        while b"\n" not in self.buf:
-            with selectors.DefaultSelector() as sel:
-                sel.register(fd, selectors.EVENT_READ)
-                if not sel.select(max(0.0, end - time.monotonic())):
-                    self.proc.kill()
-                    raise AssertionError(f"no output within {timeout} s: {self.stderr()}")
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                raise AssertionError(f"process exited ({self.proc.wait()}): {self.stderr()}")
-            self.buf += chunk
-        line, _, self.buf = self.buf.partition(b"\n")
-        return line.decode().strip()
+        return self.out.read(timeout)
 
     def stderr(self) -> str:
         return self.stderr_path.read_text(errors="replace")[-3000:]
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, must_stop=False)
 
 
 def run_cli(*args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
@@ -400,7 +382,6 @@ def test_twenty_node_processes(tmp_path: Path) -> None:
             p = pending[-1]
             p.repo = tmp_path / f"node{i}"
             p.stderr_path = p.repo.with_suffix(".stderr")
-            p.buf = b""
             p.proc = subprocess.Popen(
                 [*FILESHARE, "--repo", str(p.repo), "daemon", "--listen", LOOPBACK, *args],
                 stdout=subprocess.PIPE,
@@ -408,6 +389,7 @@ def test_twenty_node_processes(tmp_path: Path) -> None:
                 cwd=ROOT,
                 env=ENV,
             )
+            p.out = Lines(p.proc, p.stderr)
             procs.append(p)
         for p in pending:
             p.lines = [p.read_line(120)]

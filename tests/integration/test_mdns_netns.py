@@ -21,7 +21,6 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -31,8 +30,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+from ..procutil import ENV, ROOT, stop_process, wait_until
+
 DISCOVERY_TIMEOUT = 20.0  # seconds for both daemons to discover and connect to each other
 QUIET_PERIOD = 4.0  # seconds a --no-mdns daemon must stay undiscovered
 
@@ -115,13 +114,7 @@ class Daemon:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, 10, must_stop=False)
         self.log.close()
 
 
@@ -133,16 +126,6 @@ def daemons() -> Iterator[list[Daemon]]:
     finally:
         for d in started:
             d.stop()
-
-
-def _wait_for(predicate: object, timeout: float) -> bool:
-    assert callable(predicate)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return bool(predicate())
 
 
 def test_two_daemons_discover_each_other(link: Link, daemons: list[Daemon], tmp_path: Path) -> None:
@@ -159,9 +142,14 @@ def test_two_daemons_discover_each_other(link: Link, daemons: list[Daemon], tmp_
             and (f"mdns: connected to {b.peer_id}" in la or f"mdns: connected to {a.peer_id}" in lb)
         )
 
-    ok = _wait_for(done, DISCOVERY_TIMEOUT)
-    assert ok, f"no mutual discovery in {DISCOVERY_TIMEOUT} s\n--- a ---\n{a.stderr()[-4000:]}" \
-        f"\n--- b ---\n{b.stderr()[-4000:]}"  # fmt: skip
+    wait_until(
+        done,
+        lambda: (
+            f"mutual discovery\n--- a ---\n{a.stderr()[-4000:]}\n--- b ---\n{b.stderr()[-4000:]}"
+        ),
+        DISCOVERY_TIMEOUT,
+        interval=0.2,
+    )
     for d in (a, b):
         assert "Traceback" not in d.stderr()
 
@@ -174,7 +162,9 @@ def test_no_mdns_flag_turns_discovery_off(
     loud = Daemon(link.namespaces[1], link.addrs[1], tmp_path / "loud")
     daemons.append(loud)
     # the mDNS daemon is up and querying; the other one must neither answer nor query
-    assert _wait_for(lambda: "mdns: announcing" in loud.stderr(), DISCOVERY_TIMEOUT)
+    wait_until(
+        lambda: "mdns: announcing" in loud.stderr(), "mDNS announcing", DISCOVERY_TIMEOUT, 0.2
+    )
     time.sleep(QUIET_PERIOD)
     assert f"mdns: discovered {quiet.peer_id}" not in loud.stderr()
     assert "mdns:" not in quiet.stderr()

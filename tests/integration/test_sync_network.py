@@ -10,9 +10,7 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -47,9 +45,8 @@ from fileshare.sync.network import (
 from fileshare.sync.snapshot import Entry, build_tree
 from fileshare.sync.version import Version
 
-ROOT = Path(__file__).resolve().parents[2]
-FILESHARE = [sys.executable, "-m", "fileshare"]
-ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+from ..procutil import ENV, FILESHARE, ROOT, stop_process, wait_until
+
 LOOPBACK = "/ip4/127.0.0.1/tcp/0"
 DEADLINE = 30.0
 
@@ -122,14 +119,7 @@ class SyncNode:
         )
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise AssertionError(f"{self.name} did not stop on SIGTERM") from None
+        stop_process(self.proc, what=self.name)
 
 
 def tree(d: Path) -> dict[str, bytes]:
@@ -147,15 +137,6 @@ def tree(d: Path) -> dict[str, bytes]:
             with contextlib.suppress(FileNotFoundError, IsADirectoryError):
                 out[rel] = (base / name).read_bytes()
     return dict(sorted(out.items()))
-
-
-def wait_until(cond: Callable[[], bool], what: str, timeout: float = DEADLINE) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def write(path: Path, data: bytes) -> None:

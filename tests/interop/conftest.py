@@ -324,7 +324,7 @@ async def check_identify_both_ways(node: OurNode, peer: PeerProcess, agent_prefi
     assert strip_p2p(node.addr) in {strip_p2p(a) for a in seen["listen_addrs"]}, seen
     assert str(seen["observed_addr"]).startswith("/ip4/127.0.0.1/tcp/"), seen
     assert seen["has_public_key"]
-    assert seen.get("public_key_matches", True)
+    assert seen["public_key_matches"] is True, seen
 
     # We identified them automatically when the connection opened (peer store filled) ...
     their_id = PeerId.from_string(peer.peer_id)

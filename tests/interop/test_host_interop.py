@@ -92,6 +92,9 @@ async def test_cli_ping_wrong_peer_id_fails(remote: Remote, tmp_path: Path) -> N
     result = await run_cli(["ping", wrong, "--count", "1"], tmp_path / "repo")
     assert result.returncode == 1, result
     assert result.stderr.strip(), result
+    assert result.stderr.startswith("error:"), result.stderr
+    assert str(other.peer_id) in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
 
 
 async def test_daemon_process_serves_remote_peer(

@@ -493,3 +493,17 @@ def test_peer_without_want_have_support_is_asked_directly() -> None:
     assert [(e.cid, e.want_type, e.send_dont_have) for e in entries] == [
         (root, WantType.BLOCK, False)
     ]
+
+
+async def test_silent_peer_does_not_hold_up_the_fetch() -> None:
+    size = 1024 * KIB
+    root, blocks, data = make_dag(size, seed=11)
+    honest = Store(blocks.values())
+    cfg = SessionConfig()
+    peers = [SimPeer("mute", 2000e3, honest, silent=True), SimPeer("honest", 2000e3, honest)]
+    res = simulate(root, peers, cfg)
+    assert res.session.done and res.session.error is None
+    assert await reassemble(root, res.stored) == data
+    assert res.bytes_from["mute"] == 0
+    # the silent peer's wants go elsewhere before its idle timeout would even expire
+    assert res.time < cfg.idle_timeout, (res.time, cfg.idle_timeout)

@@ -3,7 +3,9 @@
 //   setup(ctx): called after the node is created (ctx = { node, multiaddr })
 //   commands: { name: async (cmd, signal, ctx) => replyFields }
 // A later protocol (kad, gossipsub, bitswap) is one more entry here; peer.mjs and the fixtures stay.
+import { publicKeyFromProtobuf } from '@libp2p/crypto/keys'
 import { identify } from '@libp2p/identify'
+import { peerIdFromPublicKey } from '@libp2p/peer-id'
 import { ping } from '@libp2p/ping'
 import { multiaddr } from '@multiformats/multiaddr'
 import { ECHO_PROTOCOL, echoClient, echoHandler, served } from './echo.mjs'
@@ -24,6 +26,10 @@ export const SERVICES = {
       identify: async (c, signal, { node }) => {
         const conn = await node.dial(multiaddr(c.addr), { signal })
         const r = await node.services.identify.identify(conn, { signal })
+        const hasKey = r.publicKey !== undefined && r.publicKey.length > 0
+        // the peer id derived from the identified key must be the one we dialled
+        const dialled = c.addr.includes('/p2p/') ? c.addr.split('/p2p/').pop() : conn.remotePeer.toString()
+        const derived = hasKey ? peerIdFromPublicKey(publicKeyFromProtobuf(r.publicKey)).toString() : null
         return {
           peer_id: r.peerId.toString(),
           protocols: r.protocols,
@@ -31,7 +37,8 @@ export const SERVICES = {
           protocol_version: r.protocolVersion ?? null,
           listen_addrs: r.listenAddrs.map(a => a.toString()),
           observed_addr: r.observedAddr?.toString() ?? null,
-          has_public_key: r.publicKey !== undefined && r.publicKey.length > 0
+          has_public_key: hasKey,
+          public_key_matches: derived !== null && derived === dialled
         }
       }
     }
