@@ -203,6 +203,8 @@ def test_rename_transfers_no_blocks(cluster: Cluster) -> None:
     payload = os.urandom(2_000_000)
     write(a.dir / "big.bin", payload)
     cluster.wait_same("big.bin", what="big file")
+    for n in (cluster.b, cluster.c):  # the files land just before their `received` event
+        n.wait_event(lambda e: e["event"] == "received" and "big.bin" in e.get("written", []))
     marks = {n.name: len(n.events) for n in cluster.nodes}
     (a.dir / "moved").mkdir()
     os.rename(a.dir / "big.bin", a.dir / "moved/big-renamed.bin")
